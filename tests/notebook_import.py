@@ -8,6 +8,7 @@ generate or plot are not tagged, so importing a notebook is quick and needs no w
 from __future__ import annotations
 
 import json
+import sys
 import types
 from pathlib import Path
 
@@ -21,6 +22,7 @@ def import_notebook(path: Path, name: str | None = None) -> types.ModuleType:
     notebook = json.loads(Path(path).read_text())
     module = types.ModuleType(name or Path(path).stem.replace("-", "_"))
     module.__file__ = str(path)
+    sys.modules[module.__name__] = module  # torch.compile looks a function's module up by name
     for cell in notebook["cells"]:
         if cell["cell_type"] == "code" and "export" in cell.get("metadata", {}).get("tags", []):
             source = "".join(cell["source"])

@@ -5,6 +5,8 @@ transformers is a test-only dependency; the notebooks never import it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 
@@ -65,6 +67,32 @@ def hf_model(cfg, seed=0):
             if name.endswith("norm.weight"):  # zeros by default: make (1 + w) matter
                 param.normal_(0.0, 0.5)
     return model
+
+
+def hf_model_from_folder(cfg, folder, work_dir):
+    """transformers' own loading path (`from_pretrained`) over the weights of a Hugging Face-layout folder.
+
+    The folder holds model.safetensors but no config.json, so `hf_config(cfg)` is written into
+    `work_dir` beside a link to the weights. `from_pretrained(dtype=...)` ties the head, and in bf16
+    keeps the RoPE inverse frequencies in float32 as a real bf16 checkpoint load does (building in
+    fp32 and calling `.to(torch.bfloat16)`, as `hf_model` does, rounds them to bf16 too).
+    """
+    from transformers import Gemma3ForCausalLM
+    from transformers.utils import logging
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    hf_config(cfg).save_pretrained(work_dir)
+    link = work_dir / "model.safetensors"
+    if not link.exists():
+        link.symlink_to(Path(folder).resolve() / "model.safetensors")
+    logging.disable_progress_bar()
+    model, info = Gemma3ForCausalLM.from_pretrained(work_dir, dtype=cfg["dtype"], attn_implementation="eager",
+                                                    output_loading_info=True)
+    problems = {key: value for key, value in info.items() if value}
+    if problems:  # a reference with randomly initialised tensors would be no reference
+        raise RuntimeError(f"transformers did not load every tensor of {folder}: {problems}")
+    return model.eval()
 
 
 def hf_state_dict(model):

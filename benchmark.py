@@ -1,0 +1,300 @@
+"""Decode speed and memory of both notebooks' models against Hugging Face transformers.
+
+    python benchmark.py                        # the full table (about 10 minutes on a 2-core CPU)
+    python benchmark.py --dtypes bfloat16 --no-compile --new-tokens 30   # a quick look
+
+Every mode generates the same greedy tokens from the same prompt with the same weights (the
+offline GGUF conversion), each in a fresh process so that peak memory is its own:
+
+- regular:             notebook 1, no cache; every step runs the whole sequence, head on the last position
+- regular, full head:  the same, with the output head applied to every position (what not to do)
+- regular compiled:    notebook 1 with torch.compile (dynamic shapes; weights frozen on CPU)
+- KV cache:            notebook 2, static cache, eager
+- KV cache compiled:   notebook 2 with its decode step compiled (weights frozen on CPU)
+- KV cache int8:       notebook 2 with int8 weight-only linear layers (its optional section)
+- transformers:        Gemma3ForCausalLM.generate, greedy, its default cache: the baseline
+
+Decode tokens/s excludes the prompt (reported separately as time to first token). Peak memory is
+the process's peak RSS on CPU (weights loading included), torch.cuda.max_memory_allocated on CUDA.
+The notebooks' model code is imported from the notebooks themselves, not copied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # notebook_import, reference (transformers config)
+
+PROMPT = ("The history of computing is often told as a story of machines, but it is just as much a story "
+          "of people learning to describe their problems precisely. Long before electronic computers")
+MODES = ["transformers", "regular", "regular-full-head", "regular-compiled", "kv-cache", "kv-cache-compiled",
+         "kv-cache-int8"]
+LABELS = {
+    "transformers": "transformers generate (baseline)",
+    "regular": "regular (no cache)",
+    "regular-full-head": "regular, head on every position",
+    "regular-compiled": "regular compiled",
+    "kv-cache": "KV cache",
+    "kv-cache-compiled": "KV cache compiled",
+    "kv-cache-int8": "KV cache, int8 weights",
+}
+COMPILED = {"regular-compiled", "kv-cache-compiled"}
+SLOW = {"regular", "regular-full-head", "regular-compiled"}  # recompute everything: fewer tokens
+
+
+# ---------------------------------------------------------------- one mode, in its own process
+def run_mode(mode: str, dtype_name: str, new_tokens: int, device_name: str) -> dict:
+    import torch
+    from notebook_import import NOTEBOOK_1, NOTEBOOK_2, import_notebook
+
+    from gemma3_weights import prepare_weights
+
+    torch.manual_seed(0)
+    device = torch.device(device_name)
+    dtype = getattr(torch, dtype_name)
+    nb = import_notebook(NOTEBOOK_2 if mode.startswith("kv-cache") else NOTEBOOK_1)
+    weights = prepare_weights("offline")
+    tokenizer = nb.Gemma3Tokenizer(weights.folder / "tokenizer.json")
+    token_ids = torch.tensor([tokenizer.encode(PROMPT)], device=device)
+    cfg = dict(nb.GEMMA3_CONFIG_270M, dtype=dtype)
+
+    if mode == "transformers":
+        return run_transformers(cfg, weights.folder, token_ids, new_tokens, device)
+
+    model = nb.Gemma3Model(cfg)
+    nb.load_weights_into_gemma(model, cfg, nb.SafetensorsFile(weights.folder / "model.safetensors"))
+    model.to(device).eval()
+    kwargs = {}
+    if mode in COMPILED:
+        torch._inductor.config.freezing = device.type == "cpu"  # prepack weights for oneDNN
+    if mode == "regular-full-head":
+        # The last position's logits, but computed the wasteful way: the head on every position.
+        original_forward = model.forward
+        model.forward = lambda ids, last_token_only=False: original_forward(ids)[:, -1:]
+    elif mode == "regular-compiled":
+        model.forward = torch.compile(model.forward, dynamic=True)
+    elif mode == "kv-cache-compiled":
+        kwargs["decode"] = torch.compile(model.decode, fullgraph=True)
+    elif mode == "kv-cache-int8":
+        nb.quantize_int8_(model)
+
+    def generate(n):
+        stamps = []
+        for _ in nb.generate_text_stream(model, token_ids, n, **kwargs):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            stamps.append(time.perf_counter())
+        return stamps
+
+    warmup_start = time.perf_counter()
+    generate(3 if mode in COMPILED else 2)  # compiles, or warms up allocators and kernels
+    warmup_seconds = time.perf_counter() - warmup_start
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    stamps = generate(new_tokens)
+    return timing(stamps, start, new_tokens, device) | {"warmup_s": warmup_seconds}
+
+
+def run_transformers(cfg, folder, token_ids, new_tokens, device):
+    import torch
+    from reference import hf_config
+    from safetensors.torch import load_file
+    from transformers import Gemma3ForCausalLM
+    from transformers.generation.streamers import BaseStreamer
+
+    config = hf_config(cfg)
+    config._attn_implementation = "sdpa"  # transformers' default for this model
+    model = Gemma3ForCausalLM(config).to(cfg["dtype"])
+    model.load_state_dict(load_file(folder / "model.safetensors"), strict=False)  # head tied to embedding
+    model.to(device).eval()
+
+    class Stamps(BaseStreamer):
+        def __init__(self):
+            self.stamps, self.prompt_seen = [], False
+
+        def put(self, value):
+            if not self.prompt_seen:  # the first call hands over the prompt
+                self.prompt_seen = True
+                return
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            self.stamps.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    def generate(n):
+        streamer = Stamps()
+        with torch.no_grad():
+            model.generate(token_ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, streamer=streamer,
+                           pad_token_id=0, top_p=None, top_k=None)
+        return streamer.stamps
+
+    warmup_start = time.perf_counter()
+    generate(2)
+    warmup_seconds = time.perf_counter() - warmup_start
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    stamps = generate(new_tokens)
+    return timing(stamps, start, new_tokens, device) | {"warmup_s": warmup_seconds}
+
+
+def timing(stamps, start, new_tokens, device):
+    import torch
+
+    assert len(stamps) == new_tokens, f"generated {len(stamps)} of {new_tokens} tokens"
+    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux: KiB
+    return {
+        "ttft_s": stamps[0] - start,
+        "decode_tok_s": (len(stamps) - 1) / (stamps[-1] - stamps[0]),
+        "tokens": len(stamps),
+        "peak_bytes": peak,
+    }
+
+
+# ---------------------------------------------------------------- the machine
+def machine_description(device_name: str) -> str:
+    import torch
+
+    if device_name == "cuda":
+        what = torch.cuda.get_device_name()
+    else:
+        model_name = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    model_name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        capability = torch.backends.cpu.get_cpu_capability()
+        what = f"{model_name}, {torch.get_num_threads()} threads, CPU capability {capability}"
+    return f"{what}; torch {torch.__version__}; Python {platform.python_version()}"
+
+
+def copy_bandwidth(device_name: str) -> float:
+    """Bytes per second moved (read + written) by a large tensor copy: the memory system's pace."""
+    import torch
+
+    source = torch.empty(256 * 2**20 // 4, dtype=torch.float32, device=device_name)  # 256 MiB
+    target = torch.empty_like(source)
+    best = float("inf")
+    for _ in range(5):
+        if device_name == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        target.copy_(source)
+        if device_name == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * source.numel() * source.element_size() / best
+
+
+def weight_bytes_per_step(dtype_name: str) -> int:
+    """Weights a decode step reads: every matrix once (the embedding as the output head), norms aside."""
+    import torch
+    from notebook_import import NOTEBOOK_1, import_notebook
+
+    cfg = import_notebook(NOTEBOOK_1).GEMMA3_CONFIG_270M
+    per_layer = (cfg["emb_dim"] * cfg["head_dim"] * (2 * cfg["n_heads"] + 2 * cfg["n_kv_groups"])
+                 + 3 * cfg["emb_dim"] * cfg["hidden_dim"])
+    params = cfg["n_layers"] * per_layer + cfg["vocab_size"] * cfg["emb_dim"]
+    return params * torch.tensor([], dtype=getattr(torch, dtype_name)).element_size()
+
+
+# ---------------------------------------------------------------- the whole table
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtypes", default="bfloat16,float32", help="comma-separated (default: both)")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of: " + ", ".join(MODES))
+    parser.add_argument("--new-tokens", type=int, default=100, help="tokens generated by the cached modes")
+    parser.add_argument("--slow-new-tokens", type=int, default=30,
+                        help="tokens generated by the modes without a cache (each step recomputes everything)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled modes (compiling takes minutes)")
+    parser.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument("--one", nargs=3, metavar=("MODE", "DTYPE", "TOKENS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.one:  # a child process: measure one mode, print JSON
+        mode, dtype_name, tokens = args.one
+        print("RESULT " + json.dumps(run_mode(mode, dtype_name, int(tokens), args.device)))
+        return
+
+    modes = [m for m in args.modes.split(",") if not (args.no_compile and m in COMPILED)]
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        parser.error(f"unknown mode(s) {unknown}; choose from {MODES}")
+    print(f"machine: {machine_description(args.device)}")
+    bandwidth = copy_bandwidth(args.device)
+    print(f"large-copy bandwidth: {bandwidth / 1e9:.1f} GB/s (read + write)\n")
+
+    results = []
+    for dtype_name in args.dtypes.split(","):
+        for mode in modes:
+            tokens = args.slow_new_tokens if mode in SLOW else args.new_tokens
+            started = time.perf_counter()
+            child = subprocess.run(
+                [sys.executable, __file__, "--device", args.device, "--one", mode, dtype_name, str(tokens)],
+                capture_output=True, text=True, env=os.environ | {"TQDM_DISABLE": "1"})
+            lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
+            if child.returncode or not lines:
+                print(f"{mode} {dtype_name}: FAILED\n{child.stderr[-2000:]}")
+                continue
+            result = json.loads(lines[-1][len("RESULT "):]) | {"mode": mode, "dtype": dtype_name}
+            results.append(result)
+            print(f"  {LABELS[mode]:34s} {dtype_name:9s} {result['decode_tok_s']:7.1f} tok/s "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+
+    print()
+    print(table(results, bandwidth, args.device))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine_description(args.device), "bandwidth": bandwidth,
+                                         "results": results}, indent=2))
+
+
+def table(results, bandwidth, device_name):
+    lines = [f"Machine: {machine_description(device_name)}",
+             f"Large-copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write).", ""]
+    limits = {}
+    for dtype_name in sorted({r["dtype"] for r in results}):
+        step_bytes = weight_bytes_per_step(dtype_name)
+        limits[dtype_name] = bandwidth / step_bytes
+        lines.append(f"Memory-bandwidth limit, {dtype_name}: {step_bytes / 1e6:.0f} MB of weights per decode step "
+                     f"/ {bandwidth / 1e9:.1f} GB/s = {limits[dtype_name]:.0f} tokens/s.")
+    lines += ["", "| mode | dtype | decode tok/s | vs transformers | of bandwidth limit | time to first token | "
+              "peak memory | tokens |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    baseline = {r["dtype"]: r["decode_tok_s"] for r in results if r["mode"] == "transformers"}
+    for r in results:
+        ratio = f"{r['decode_tok_s'] / baseline[r['dtype']]:.2f}x" if r["dtype"] in baseline else "n/a"
+        limit = limits[r["dtype"]]
+        lines.append(f"| {LABELS[r['mode']]} | {r['dtype']} | {r['decode_tok_s']:.1f} | {ratio} | "
+                     f"{r['decode_tok_s'] / limit:.0%} | {r['ttft_s'] * 1000:.0f} ms | "
+                     f"{r['peak_bytes'] / 1e9:.2f} GB | {r['tokens']} |")
+    return "\n".join(lines)
+
+
+def _cuda_available():
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+if __name__ == "__main__":
+    main()

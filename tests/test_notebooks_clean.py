@@ -1,0 +1,57 @@
+"""The stored notebooks are what a reader should find: run once top to bottom, clean outputs.
+
+(nbval, configured in pyproject.toml, separately re-runs them and compares their outputs.)
+"""
+
+import json
+import re
+
+import pytest
+from notebook_import import NOTEBOOK_1, NOTEBOOK_2
+
+MACHINE_PATH = re.compile(r"(/home/|/Users/|/root/|/tmp/|/work/|site-packages|[A-Z]:\\\\Users)")
+
+
+@pytest.fixture(params=[NOTEBOOK_1, NOTEBOOK_2], ids=["notebook1", "notebook2"])
+def notebook(request):
+    return json.loads(request.param.read_text())
+
+
+def code_cells(notebook):
+    return [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
+
+
+def test_ran_once_top_to_bottom(notebook):
+    counts = [cell["execution_count"] for cell in code_cells(notebook)]
+    assert counts == list(range(1, len(counts) + 1))
+
+
+def test_outputs_are_clean(notebook):
+    for cell in code_cells(notebook):
+        for output in cell["outputs"]:
+            assert output["output_type"] != "error", output.get("evalue")
+            assert output.get("name") != "stderr", "".join(output["text"])[:300]
+            assert "application/vnd.jupyter.widget-view+json" not in output.get("data", {})
+            text = json.dumps(output.get("text", "")) + json.dumps(output.get("data", {}).get("text/plain", ""))
+            assert not MACHINE_PATH.search(text), MACHINE_PATH.search(text).group(0)
+    assert "widgets" not in notebook["metadata"]
+
+
+def test_generated_text_is_stored(notebook):
+    outputs = ["".join(o.get("text", "")) for cell in code_cells(notebook) for o in cell["outputs"]]
+    assert any("The three most important inventions of the twentieth century were" in text and len(text) > 200
+               for text in outputs)
+
+
+def test_sections_are_numbered_in_order(notebook):
+    headings = [line for cell in notebook["cells"] if cell["cell_type"] == "markdown"
+                for line in "".join(cell["source"]).splitlines() if line.startswith("## ")]
+    numbers = [int(m.group(1)) for h in headings if (m := re.match(r"## (\d+)\. ", h))]
+    assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) >= 13
+
+
+def test_concept_cells_have_prose_before_them(notebook):
+    cells = notebook["cells"]
+    for i, cell in enumerate(cells):
+        if "export" in cell.get("metadata", {}).get("tags", []) and "class " in "".join(cell["source"]):
+            assert cells[i - 1]["cell_type"] == "markdown", "".join(cell["source"])[:80]
