@@ -44,10 +44,8 @@ def hf_config(cfg):
         num_hidden_layers=cfg["n_layers"],
         layer_types=list(cfg["layer_types"]),
         sliding_window=cfg["sliding_window"],
-        rope_parameters={
-            "sliding_attention": {"rope_type": "default", "rope_theta": cfg["rope_local_base"]},
-            "full_attention": {"rope_type": "default", "rope_theta": cfg["rope_base"]},
-        },
+        rope_theta=cfg["rope_base"],  # older spellings, which transformers 5 still converts:
+        rope_local_base_freq=cfg["rope_local_base"],  # so this runs on transformers 4.5x too
         query_pre_attn_scalar=cfg["query_pre_attn_scalar"],
         rms_norm_eps=cfg["rms_norm_eps"],
         hidden_activation="gelu_pytorch_tanh",

@@ -152,4 +152,4 @@ def test_check_config_names_the_inconsistent_key(nb1, edit, key):
 
 
 def test_check_config_accepts_the_real_config(nb1):
-    nb1.check_config(nb1.GEMMA3_CONFIG_270M)  # the edits above fail for their own reason, not always
+    nb1.check_config(nb1.GEMMA3_CONFIG_270M)  # so the failures above come from the edits alone
