@@ -11,7 +11,8 @@ offline GGUF conversion), each in a fresh process so that peak memory is its own
 - regular compiled:    notebook 1 with torch.compile (dynamic shapes; weights frozen on CPU)
 - KV cache:            notebook 2, static cache, eager
 - KV cache compiled:   notebook 2 with its decode step compiled (weights frozen on CPU)
-- KV cache int8:       notebook 2 with int8 weight-only linear layers (its optional section)
+- KV cache int8:       notebook 2 with int8 weight-only linear layers (its optional section), eager
+                       and compiled
 - transformers:        Gemma3ForCausalLM.generate, greedy, its default cache: the baseline
 
 Decode tokens/s excludes the prompt (reported separately as time to first token). Peak memory is
@@ -38,7 +39,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # notebook_import, reference (transform
 PROMPT = ("The history of computing is often told as a story of machines, but it is just as much a story "
           "of people learning to describe their problems precisely. Long before electronic computers")
 MODES = ["transformers", "regular", "regular-full-head", "regular-compiled", "kv-cache", "kv-cache-compiled",
-         "kv-cache-int8"]
+         "kv-cache-int8", "kv-cache-int8-compiled"]
 LABELS = {
     "transformers": "transformers generate (baseline)",
     "regular": "regular (no cache)",
@@ -47,8 +48,9 @@ LABELS = {
     "kv-cache": "KV cache",
     "kv-cache-compiled": "KV cache compiled",
     "kv-cache-int8": "KV cache, int8 weights",
+    "kv-cache-int8-compiled": "KV cache, int8 weights, compiled",
 }
-COMPILED = {"regular-compiled", "kv-cache-compiled"}
+COMPILED = {"regular-compiled", "kv-cache-compiled", "kv-cache-int8-compiled"}
 PROMPT_TOKENS = 32  # the prompt's length with --random-weights (the text prompt is about as long)
 SLOW = {"regular", "regular-full-head", "regular-compiled"}  # recompute everything: fewer tokens
 
@@ -91,8 +93,12 @@ def run_mode(mode: str, dtype_name: str, new_tokens: int, device_name: str, rand
         model.forward = torch.compile(model.forward, dynamic=True)
     elif mode == "kv-cache-compiled":
         kwargs["decode"] = torch.compile(model.decode, fullgraph=True, **compile_options)
-    elif mode == "kv-cache-int8":
+    if mode.startswith("kv-cache-int8"):
         nb.quantize_int8_(model)
+    if mode == "kv-cache-int8-compiled":
+        kwargs["decode"] = torch.compile(model.decode, fullgraph=True, **compile_options)
+    if mode.startswith("kv-cache"):  # the cache at its final size from the start: warm-up and run share it
+        model.setup_cache(token_ids.shape[1] + new_tokens)
 
     def generate(n):
         stamps = []
