@@ -1,5 +1,9 @@
 """Root conftest: how nbval runs the notebooks (the tests' own fixtures live in tests/conftest.py)."""
 
+import os
+
+os.environ["GEMMA3_NO_PROGRESS"] = "1"  # nbval's kernels inherit it: no progress bars in compared outputs
+
 
 def pytest_collectstart(collector):
     # Compare what a notebook prints, not what libraries log on stderr (warnings differ between

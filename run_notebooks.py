@@ -7,6 +7,7 @@ Uses the offline weights unless a Hugging Face token is configured (see the note
 Outputs are kept as a reader would see them: consecutive prints merged, no timing metadata.
 """
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ def run(path: Path) -> float:
 
 
 if __name__ == "__main__":
+    os.environ["GEMMA3_NO_PROGRESS"] = "1"  # the kernels inherit it: no progress bars in stored outputs
     for name in sys.argv[1:] or NOTEBOOKS:
         seconds = run(ROOT / name)
         print(f"{name}: ran top to bottom in {seconds:.0f} s; open it to read the outputs")

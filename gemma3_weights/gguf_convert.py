@@ -127,13 +127,23 @@ def gguf_state_dict(reader, dtype: str = "float32") -> dict:
     return state_dict
 
 
-def progress(items, description):
-    """A progress bar on a terminal; nothing in notebooks, logs and CI, whose outputs are kept."""
+def progress_wanted() -> bool:
+    """Progress bars for a person watching: a terminal or an interactive notebook.
+
+    Runs whose outputs are kept (run_notebooks.py, nbval, CI) set GEMMA3_NO_PROGRESS=1, so that no
+    bar is stored in a notebook or log. Output piped to a file never gets one either.
+    """
     import sys
 
-    if not sys.stderr.isatty():
+    if os.environ.get("GEMMA3_NO_PROGRESS"):
+        return False
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+
+def progress(items, description):
+    if not progress_wanted():
         return items
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # a widget in notebooks, text on a terminal
 
     return tqdm(items, desc=description, leave=False)
 

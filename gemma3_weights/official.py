@@ -22,10 +22,11 @@ from huggingface_hub.errors import (
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
 )
+from huggingface_hub.utils import disable_progress_bars
 from safetensors import SafetensorError, safe_open
 
 from .errors import OfficialWeightsUnavailable
-from .gguf_convert import checkpoints_dir
+from .gguf_convert import checkpoints_dir, progress_wanted
 
 FILES = ("model.safetensors", "tokenizer.json")
 MISSING = "missing"
@@ -84,6 +85,8 @@ def official_weights_folder(repo_id: str, timeout: float = 5.0) -> tuple[Path, s
     try:
         # auth_check answers GatedRepoError & co. in one small request, before any large download.
         _within(timeout, lambda: auth_check(repo_id, token=token))
+        if not progress_wanted():  # huggingface_hub's own bars, for people watching only
+            disable_progress_bars()
         for name in todo:
             # force_download: the hub's local_dir metadata may call a damaged file up to date.
             hf_hub_download(repo_id, name, local_dir=folder, token=token, etag_timeout=timeout,

@@ -218,7 +218,7 @@ def test_auto_without_token_falls_back_to_offline_and_says_why(tmp_path, no_netw
     monkeypatch.setattr(gemma3_weights, "offline_weights_folder", lambda: (tmp_path, "stub"))
     weights = prepare_weights("auto")
     assert (weights.folder, weights.source, weights.instruction_tuned) == (tmp_path, "offline", False)
-    assert "official weights not used: No Hugging Face token is configured" in weights.reason
+    assert "official weights not used: no Hugging Face token is configured" in weights.reason
     assert weights.reason.endswith("(stub)")
 
 

@@ -181,3 +181,23 @@ def test_bf16_top1_agreement(nb1, offline_folder, tmp_path_factory, passage, fp3
           f"transformers bf16 vs transformers fp32 {ref_vs_fp32:.4f}")
     assert agree >= BF16_MIN_TOP1
     assert ours_vs_fp32 >= ref_vs_fp32 - BF16_VS_FP32_SLACK
+
+
+def test_kv_cache_generation_matches_uncached_and_reference(nb2, offline_folder, fp32_pair, passage):
+    """The KV-cache notebook on the real weights: 200 greedy tokens after the 922-token passage
+    (positions 922..1121, past 1,024; every ring buffer wraps), equal to transformers' generate
+    (its own cache) and to the uncached model (teacher-forced: its argmax at each position is the
+    next cached token, which by induction is what uncached greedy decoding produces)."""
+    new_tokens = 200
+    assert passage.shape[1] >= 600 and passage.shape[1] + new_tokens > 1024
+    cfg = dict(nb2.GEMMA3_CONFIG_270M, dtype=torch.float32)
+    model = nb2.Gemma3Model(cfg).eval()
+    nb2.load_weights_into_gemma(model, cfg, nb2.SafetensorsFile(offline_folder / "model.safetensors"))
+    cached = list(nb2.generate_text_stream(model, passage, new_tokens))
+    assert cached == hf_greedy(fp32_pair[1], passage, new_tokens)
+    full = torch.cat([passage, torch.tensor([cached])], dim=1)
+    with torch.no_grad():
+        uncached_next = model(full[:, :-1])[0, passage.shape[1] - 1:].argmax(dim=-1).tolist()
+    assert uncached_next == cached
+    del model
+    gc.collect()
