@@ -11,7 +11,7 @@ offline GGUF conversion), each in a fresh process so that peak memory is its own
 - regular compiled:    notebook 1 with torch.compile (dynamic shapes; weights frozen on CPU)
 - KV cache:            notebook 2, static cache, eager
 - KV cache compiled:   notebook 2 with its decode step compiled (weights frozen on CPU)
-- KV cache int8:       notebook 2 with int8 weight-only linear layers (its optional section), eager
+- KV cache int8:       notebook 2 with int8 weight-only linear layers in the blocks (its optional section), eager
                        and compiled
 - transformers:        Gemma3ForCausalLM.generate, greedy, its default cache: the baseline
 
@@ -108,14 +108,7 @@ def run_mode(mode: str, dtype_name: str, new_tokens: int, device_name: str, rand
             stamps.append(time.perf_counter())
         return stamps
 
-    warmup_start = time.perf_counter()
-    generate(3 if mode in COMPILED else 2)  # compiles, or warms up allocators and kernels
-    warmup_seconds = time.perf_counter() - warmup_start
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    stamps = generate(new_tokens)
-    return timing(stamps, start, new_tokens, device) | {"warmup_s": warmup_seconds}
+    return measure(generate, 3 if mode in COMPILED else 2, new_tokens, device)
 
 
 def run_transformers(cfg, folder, token_ids, new_tokens, device):
@@ -154,19 +147,20 @@ def run_transformers(cfg, folder, token_ids, new_tokens, device):
                            pad_token_id=0, top_p=None, top_k=None)
         return streamer.stamps
 
+    return measure(generate, 2, new_tokens, device)
+
+
+def measure(generate, warmup_tokens, new_tokens, device):
+    """Warm up (compiling, if compiled), then time one generation; `generate(n)` returns token times."""
+    import torch
+
     warmup_start = time.perf_counter()
-    generate(2)
+    generate(warmup_tokens)
     warmup_seconds = time.perf_counter() - warmup_start
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     stamps = generate(new_tokens)
-    return timing(stamps, start, new_tokens, device) | {"warmup_s": warmup_seconds}
-
-
-def timing(stamps, start, new_tokens, device):
-    import torch
-
     assert len(stamps) == new_tokens, f"generated {len(stamps)} of {new_tokens} tokens"
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux: KiB
@@ -175,6 +169,7 @@ def timing(stamps, start, new_tokens, device):
         "decode_tok_s": (len(stamps) - 1) / (stamps[-1] - stamps[0]),
         "tokens": len(stamps),
         "peak_bytes": peak,
+        "warmup_s": warmup_seconds,
     }
 
 
@@ -241,12 +236,21 @@ def main():
     parser.add_argument("--random-weights", action="store_true",
                         help="random weights of the real shapes (speed only), for a machine without the weights")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument("--chart", type=Path, help="also draw decode tokens/s per mode into this PNG")
+    parser.add_argument("--from-json", type=Path, help="redraw the table and chart of an earlier --json run")
     parser.add_argument("--one", nargs=3, metavar=("MODE", "DTYPE", "TOKENS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.one:  # a child process: measure one mode, print JSON
         mode, dtype_name, tokens = args.one
         print("RESULT " + json.dumps(run_mode(mode, dtype_name, int(tokens), args.device, args.random_weights)))
+        return
+
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        print(table(saved["results"], saved["bandwidth"], saved["machine"]))
+        if args.chart:
+            chart(saved["results"], saved["machine"], args.chart)
         return
 
     modes = [m for m in args.modes.split(",") if not (args.no_compile and m in COMPILED)]
@@ -260,6 +264,8 @@ def main():
     results = []
     for dtype_name in args.dtypes.split(","):
         for mode in modes:
+            if mode.startswith("kv-cache-int8") and dtype_name != "bfloat16":
+                continue  # the int8 kernels take bfloat16 activations; float32 ones are slow and beside the point
             tokens = args.slow_new_tokens if mode in SLOW else args.new_tokens
             started = time.perf_counter()
             child = subprocess.run(
@@ -276,14 +282,36 @@ def main():
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
 
     print()
-    print(table(results, bandwidth, args.device))
+    print(table(results, bandwidth, machine_description(args.device)))
+    if args.chart:
+        chart(results, machine_description(args.device), args.chart)
     if args.json:
         args.json.write_text(json.dumps({"machine": machine_description(args.device), "bandwidth": bandwidth,
                                          "results": results}, indent=2))
 
 
-def table(results, bandwidth, device_name):
-    lines = [f"Machine: {machine_description(device_name)}",
+def chart(results, machine, path):
+    """Horizontal bars of decode tokens/s, one group per dtype."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(results) + 1.2))
+    labels = [f"{LABELS[r['mode']]}, {r['dtype']}" for r in results][::-1]
+    values = [r["decode_tok_s"] for r in results][::-1]
+    colors = ["tab:gray" if r["mode"] == "transformers" else "tab:blue" for r in results][::-1]
+    ax.barh(labels, values, color=colors)
+    for y, value in enumerate(values):
+        ax.text(value, y, f" {value:.1f}", va="center", fontsize=8)
+    ax.set_xlabel("decode tokens/s (higher is better; gray: transformers baseline)")
+    ax.set_title(machine, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def table(results, bandwidth, machine):
+    lines = [f"Machine: {machine}",
              f"Large-copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write).", ""]
     limits = {}
     for dtype_name in sorted({r["dtype"] for r in results}):
