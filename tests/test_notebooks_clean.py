@@ -55,3 +55,16 @@ def test_concept_cells_have_prose_before_them(notebook):
     for i, cell in enumerate(cells):
         if "export" in cell.get("metadata", {}).get("tags", []) and "class " in "".join(cell["source"]):
             assert cells[i - 1]["cell_type"] == "markdown", "".join(cell["source"])[:80]
+
+
+def test_pictures_are_stored_as_png(notebook):
+    """Masks and RoPE frequencies in both notebooks; the cache-memory plot in the KV-cache notebook."""
+    pngs = [o for cell in code_cells(notebook) for o in cell["outputs"] if "image/png" in o.get("data", {})]
+    kv_notebook = any("class KVCache" in "".join(cell["source"]) for cell in code_cells(notebook))
+    assert len(pngs) == (3 if kv_notebook else 2)
+
+
+def test_device_and_memory_are_said_aloud(notebook):
+    outputs = "".join("".join(o.get("text", "")) for cell in code_cells(notebook) for o in cell["outputs"])
+    assert "device: cpu" in outputs or "device: cuda" in outputs or "device: mps" in outputs
+    assert "resident (RSS) on cpu" in outputs or "max allocated on cuda" in outputs
