@@ -59,10 +59,14 @@ def hf_model(cfg, seed=0):
     from transformers import Gemma3ForCausalLM
 
     torch.manual_seed(seed)
-    model = Gemma3ForCausalLM(hf_config(cfg)).to(cfg["dtype"]).eval()
+    return randomize_norms_(Gemma3ForCausalLM(hf_config(cfg)).to(cfg["dtype"]).eval())
+
+
+def randomize_norms_(model):
+    """Norm weights are zeros at init: randomise them (in place) so that (1 + w) matters."""
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if name.endswith("norm.weight"):  # zeros by default: make (1 + w) matter
+            if name.endswith("norm.weight"):
                 param.normal_(0.0, 0.5)
     return model
 

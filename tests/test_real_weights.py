@@ -49,10 +49,11 @@ BF16_MIN_TOP1 = 0.95
 BF16_VS_FP32_SLACK = 0.02
 
 
-def load_ours(nb1, folder, dtype):
-    cfg = dict(nb1.GEMMA3_CONFIG_270M, dtype=dtype)
-    model = nb1.Gemma3Model(cfg).eval()
-    nb1.load_weights_into_gemma(model, cfg, nb1.SafetensorsFile(folder / "model.safetensors"))
+def load_ours(nb, folder, dtype):
+    """Either notebook's model with the real weights of the converted folder."""
+    cfg = dict(nb.GEMMA3_CONFIG_270M, dtype=dtype)
+    model = nb.Gemma3Model(cfg).eval()
+    nb.load_weights_into_gemma(model, cfg, nb.SafetensorsFile(folder / "model.safetensors"))
     return model
 
 
@@ -190,9 +191,7 @@ def test_kv_cache_generation_matches_uncached_and_reference(nb2, offline_folder,
     next cached token, which by induction is what uncached greedy decoding produces)."""
     new_tokens = 200
     assert passage.shape[1] >= 600 and passage.shape[1] + new_tokens > 1024
-    cfg = dict(nb2.GEMMA3_CONFIG_270M, dtype=torch.float32)
-    model = nb2.Gemma3Model(cfg).eval()
-    nb2.load_weights_into_gemma(model, cfg, nb2.SafetensorsFile(offline_folder / "model.safetensors"))
+    model = load_ours(nb2, offline_folder, torch.float32)
     cached = list(nb2.generate_text_stream(model, passage, new_tokens))
     assert cached == hf_greedy(fp32_pair[1], passage, new_tokens)
     full = torch.cat([passage, torch.tensor([cached])], dim=1)
