@@ -46,6 +46,8 @@ def test_temperature_zero_is_argmax(notebook, dtype):
     expected = logits.argmax(dim=-1, keepdim=True)
     assert torch.equal(notebook.sample_next_token(logits), expected)  # the default is greedy
     assert torch.equal(notebook.sample_next_token(logits, temperature=0.0, top_k=5, top_p=0.5), expected)
+    tied = torch.tensor([[0.0, 2.0, 1.0, 2.0]], dtype=dtype)
+    assert notebook.sample_next_token(tied).item() == 1  # a tie goes to the first index, as argmax does
 
 
 def test_same_generator_seed_same_samples(notebook):
