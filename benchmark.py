@@ -11,7 +11,7 @@ offline GGUF conversion), each in a fresh process so that peak memory is its own
 - regular compiled:    notebook 1 with torch.compile (dynamic shapes; weights frozen on CPU)
 - KV cache:            notebook 2, static cache, eager
 - KV cache compiled:   notebook 2 with its decode step compiled (weights frozen on CPU)
-- KV cache int8:       notebook 2 with int8 weight-only linear layers in the blocks (its optional section), eager
+- KV cache int8:       notebook 2 with int8 weight-only linear layers and head (its optional section), eager
                        and compiled
 - transformers:        Gemma3ForCausalLM.generate, greedy, its default cache: the baseline
 
@@ -82,21 +82,18 @@ def run_mode(mode: str, dtype_name: str, new_tokens: int, device_name: str, rand
         nb.load_weights_into_gemma(model, cfg, nb.SafetensorsFile(folder / "model.safetensors"))
     model.to(device).eval()
     kwargs = {}
-    compile_options = {"mode": "reduce-overhead"} if device.type == "cuda" else {}  # CUDA graphs on GPU
-    if mode in COMPILED:
-        torch._inductor.config.freezing = device.type == "cpu"  # prepack weights for oneDNN
+    if mode == "regular-compiled":
+        torch._inductor.config.freezing = device.type == "cpu"  # as notebook 2's compile_decode does
     if mode == "regular-full-head":
         # The last position's logits, but computed the wasteful way: the head on every position.
         original_forward = model.forward
         model.forward = lambda ids, last_token_only=False: original_forward(ids)[:, -1:]
     elif mode == "regular-compiled":
         model.forward = torch.compile(model.forward, dynamic=True)
-    elif mode == "kv-cache-compiled":
-        kwargs["decode"] = torch.compile(model.decode, fullgraph=True, **compile_options)
     if mode.startswith("kv-cache-int8"):
         nb.quantize_int8_(model)
-    if mode == "kv-cache-int8-compiled":
-        kwargs["decode"] = torch.compile(model.decode, fullgraph=True, **compile_options)
+    if mode in ("kv-cache-compiled", "kv-cache-int8-compiled"):
+        kwargs["decode"] = nb.compile_decode(model)  # the notebook's own compile settings
     if mode.startswith("kv-cache"):  # the cache at its final size from the start: warm-up and run share it
         model.setup_cache(token_ids.shape[1] + new_tokens)
 
@@ -304,6 +301,7 @@ def chart(results, machine, path):
     ax.barh(labels, values, color=colors)
     for y, value in enumerate(values):
         ax.text(value, y, f" {value:.1f}", va="center", fontsize=8)
+    ax.set_xlim(0, max(values) * 1.12)  # room for the largest bar's label
     ax.set_xlabel("decode tokens/s (higher is better; gray: transformers baseline)")
     ax.set_title(machine, fontsize=8)
     fig.tight_layout()

@@ -110,7 +110,7 @@ def test_compiled_decode_equals_eager_and_compiles_once(nb2, tiny):
     eager = list(nb2.generate_text_stream(model, ids, 40))
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    compiled_decode = torch.compile(model.decode, fullgraph=True)
+    compiled_decode = nb2.compile_decode(model)  # the notebook's settings: frozen weights, C++ wrapper on CPU
     compiled = list(nb2.generate_text_stream(model, ids, 40, decode=compiled_decode))
     again = list(nb2.generate_text_stream(model, random_ids(cfg, 9, seed=9), 30, decode=compiled_decode))
     assert compiled == eager
