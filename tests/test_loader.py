@@ -31,48 +31,49 @@ def assert_unchanged(model, before):
         assert torch.equal(param, before[name]), f"{name} was modified by a load that failed"
 
 
-def test_good_load_copies_every_tensor(nb1, setup):
-    cfg, hf, state_dict = setup
+def assert_refused_unchanged(nb1, cfg, checkpoint, name):
+    """Loading must fail naming `name` and leave a fresh model untouched; returns the error message."""
     model = nb1.Gemma3Model(cfg)
-    nb1.load_weights_into_gemma(model, cfg, state_dict)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=re.escape(name)) as err:
+        nb1.load_weights_into_gemma(model, cfg, checkpoint)
+    assert_unchanged(model, before)  # in particular the tensors before it in loading order
+    return str(err.value)
+
+
+def assert_loaded(nb1, cfg, checkpoint, state_dict):
+    """Loading `checkpoint` into a fresh model copies every tensor of `state_dict` into its parameter."""
+    model = nb1.Gemma3Model(cfg)
+    nb1.load_weights_into_gemma(model, cfg, checkpoint)
     for name, param in model.named_parameters():
         assert torch.equal(param, state_dict[nb1.hf_name_of(name)]), name
+
+
+def test_good_load_copies_every_tensor(nb1, setup):
+    cfg, _, state_dict = setup
+    assert_loaded(nb1, cfg, state_dict, state_dict)
 
 
 def test_missing_tensor(nb1, setup):
     cfg, _, state_dict = setup
     name = "model.layers.3.mlp.up_proj.weight"
     del state_dict[name]
-    model = nb1.Gemma3Model(cfg)
-    before = snapshot(model)
-    with pytest.raises(ValueError, match=re.escape(name)) as err:
-        nb1.load_weights_into_gemma(model, cfg, state_dict)
-    assert "missing" in str(err.value)
-    assert_unchanged(model, before)
+    assert "missing" in assert_refused_unchanged(nb1, cfg, state_dict, name)
 
 
 def test_unexpected_tensor(nb1, setup):
     cfg, _, state_dict = setup
     name = "model.layers.0.self_attn.q_proj.bias"  # Gemma 3 has no biases: a mis-converted checkpoint
     state_dict[name] = torch.zeros(cfg["n_heads"] * cfg["head_dim"])
-    model = nb1.Gemma3Model(cfg)
-    before = snapshot(model)
-    with pytest.raises(ValueError, match=re.escape(name)) as err:
-        nb1.load_weights_into_gemma(model, cfg, state_dict)
-    assert "unexpected" in str(err.value)
-    assert_unchanged(model, before)
+    assert "unexpected" in assert_refused_unchanged(nb1, cfg, state_dict, name)
 
 
 @pytest.mark.parametrize("name", ["model.layers.2.self_attn.k_proj.weight", LAST])
 def test_misshapen_tensor_copies_nothing(nb1, setup, name):
     cfg, _, state_dict = setup
     state_dict[name] = state_dict[name][..., :-1].clone()
-    model = nb1.Gemma3Model(cfg)
-    before = snapshot(model)
-    with pytest.raises(ValueError, match=re.escape(name)) as err:
-        nb1.load_weights_into_gemma(model, cfg, state_dict)
-    assert str(tuple(state_dict[name].shape)) in str(err.value)  # says what the checkpoint holds
-    assert_unchanged(model, before)  # in particular the tensors before it in loading order
+    message = assert_refused_unchanged(nb1, cfg, state_dict, name)
+    assert str(tuple(state_dict[name].shape)) in message  # says what the checkpoint holds
 
 
 def test_head_is_tied_to_embedding(nb1, setup):
@@ -115,10 +116,7 @@ def test_safetensors_file_round_trip(nb1, setup, tmp_path):
     save_file({name: t.contiguous() for name, t in state_dict.items()}, path)
     checkpoint = nb1.SafetensorsFile(path)
     assert set(checkpoint) == set(state_dict) and len(checkpoint) == len(state_dict)
-    model = nb1.Gemma3Model(cfg)
-    nb1.load_weights_into_gemma(model, cfg, checkpoint)
-    for name, param in model.named_parameters():
-        assert torch.equal(param, state_dict[nb1.hf_name_of(name)]), name
+    assert_loaded(nb1, cfg, checkpoint, state_dict)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "one byte short", "text", "empty", "missing"])
