@@ -5,6 +5,8 @@ compute exactly what the stored integers and scales say), against the cache-free
 int8 model, and against the unquantized model within what 8-bit rounding allows.
 """
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -16,9 +18,7 @@ def tiny_models(nb2, seed=0):
     cfg = tiny_config(nb2)
     torch.manual_seed(seed)
     model = randomize_norms_(nb2.Gemma3Model(cfg).eval())
-    quantized = randomize_norms_(nb2.Gemma3Model(cfg).eval())
-    quantized.load_state_dict(model.state_dict())
-    nb2.quantize_int8_(quantized)
+    quantized = nb2.quantize_int8_(copy.deepcopy(model))
     return cfg, model, quantized
 
 
