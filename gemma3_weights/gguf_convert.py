@@ -201,7 +201,7 @@ def convert_gguf(gguf_path: Path, folder: Path, dtype: str = "bfloat16") -> dict
     return manifest
 
 
-def offline_weights_folder(progress: bool = True) -> tuple[Path, str]:
+def offline_weights_folder() -> tuple[Path, str]:
     """The converted offline folder, built on first use; returns (folder, what happened)."""
     folder = checkpoints_dir() / "gemma-3-270m-offline"
     if folder_is_valid(folder):

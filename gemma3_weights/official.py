@@ -31,6 +31,8 @@ from .gguf_convert import checkpoints_dir, progress_wanted
 FILES = ("model.safetensors", "tokenizer.json")
 MISSING = "missing"
 OFFLINE_HINT = 'Or use source="offline": the offline default needs no account.'
+OFFLINE_MODE = ("Hugging Face offline mode is on (HF_HUB_OFFLINE=1).",
+                "Unset HF_HUB_OFFLINE to download the official weights.")
 
 
 def file_problem(path: Path) -> str | None:
@@ -80,8 +82,7 @@ def official_weights_folder(repo_id: str, timeout: float = 5.0) -> tuple[Path, s
             f"{repo_id} is gated: accept its license at https://huggingface.co/{repo_id}, then run "
             "`hf auth login` (or set the HF_TOKEN environment variable) and run again.")
     if constants.HF_HUB_OFFLINE:
-        raise unavailable("Hugging Face offline mode is on (HF_HUB_OFFLINE=1).",
-                          "Unset HF_HUB_OFFLINE to download the official weights.")
+        raise unavailable(*OFFLINE_MODE)
     try:
         # auth_check answers GatedRepoError & co. in one small request, before any large download.
         _within(timeout, lambda: auth_check(repo_id, token=token))
@@ -133,8 +134,7 @@ def _explain(err: Exception, repo_id: str, timeout: float) -> tuple[str, ...]:
     url = f"https://huggingface.co/{repo_id}"
     status = getattr(getattr(err, "response", None), "status_code", None)
     if isinstance(err, OfflineModeIsEnabled):
-        return ("Hugging Face offline mode is on (HF_HUB_OFFLINE=1).",
-                "Unset HF_HUB_OFFLINE to download the official weights.")
+        return OFFLINE_MODE
     if isinstance(err, GatedRepoError):  # before RepositoryNotFoundError: it is a subclass
         return (f"The license of {repo_id} has not been accepted for this token.",
                 f"Accept it at {url} while logged in as the token's account, then run again.")
