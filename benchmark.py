@@ -10,7 +10,7 @@ offline GGUF conversion), each in a fresh process so that peak memory is its own
 - regular, full head:  the same, with the output head applied to every position (what not to do)
 - regular compiled:    notebook 1 with torch.compile (dynamic shapes; weights frozen on CPU)
 - KV cache:            notebook 2, static cache, eager
-- KV cache compiled:   notebook 2 with its decode step compiled (weights frozen on CPU)
+- KV cache compiled:   notebook 2's compile_decode (weights frozen and a C++ wrapper on CPU)
 - KV cache int8:       notebook 2 with int8 weight-only linear layers and head (its optional section), eager
                        and compiled
 - transformers:        Gemma3ForCausalLM.generate, greedy, its default cache: the baseline
@@ -82,13 +82,12 @@ def run_mode(mode: str, dtype_name: str, new_tokens: int, device_name: str, rand
         nb.load_weights_into_gemma(model, cfg, nb.SafetensorsFile(folder / "model.safetensors"))
     model.to(device).eval()
     kwargs = {}
-    if mode == "regular-compiled":
-        torch._inductor.config.freezing = device.type == "cpu"  # as notebook 2's compile_decode does
     if mode == "regular-full-head":
         # The last position's logits, but computed the wasteful way: the head on every position.
         original_forward = model.forward
         model.forward = lambda ids, last_token_only=False: original_forward(ids)[:, -1:]
     elif mode == "regular-compiled":
+        torch._inductor.config.freezing = device.type == "cpu"  # as notebook 2's compile_decode does
         model.forward = torch.compile(model.forward, dynamic=True)
     if mode.startswith("kv-cache-int8"):
         nb.quantize_int8_(model)
@@ -109,17 +108,20 @@ def run_mode(mode: str, dtype_name: str, new_tokens: int, device_name: str, rand
 
 
 def run_transformers(cfg, folder, token_ids, new_tokens, device):
+    import tempfile
+
     import torch
-    from reference import hf_config
-    from safetensors.torch import load_file
+    from reference import hf_config, hf_model_from_folder
     from transformers import Gemma3ForCausalLM
     from transformers.generation.streamers import BaseStreamer
 
-    config = hf_config(cfg)
-    config._attn_implementation = "sdpa"  # transformers' default for this model
-    model = Gemma3ForCausalLM(config).to(cfg["dtype"])
-    if folder is not None:
-        model.load_state_dict(load_file(folder / "model.safetensors"), strict=False)  # head tied to embedding
+    if folder is None:
+        config = hf_config(cfg)
+        config._attn_implementation = "sdpa"  # transformers' default for this model
+        model = Gemma3ForCausalLM(config).to(cfg["dtype"])
+    else:  # transformers' own loading, which fails on a missing tensor rather than leaving it random
+        with tempfile.TemporaryDirectory() as work_dir:  # holds only config.json and a link to the weights
+            model = hf_model_from_folder(cfg, folder, work_dir, attn_implementation="sdpa")
     model.to(device).eval()
 
     class Stamps(BaseStreamer):

@@ -71,7 +71,7 @@ def randomize_norms_(model):
     return model
 
 
-def hf_model_from_folder(cfg, folder, work_dir):
+def hf_model_from_folder(cfg, folder, work_dir, attn_implementation="eager"):
     """transformers' own loading path (`from_pretrained`) over the weights of a Hugging Face-layout folder.
 
     The folder holds model.safetensors but no config.json, so `hf_config(cfg)` is written into
@@ -89,8 +89,8 @@ def hf_model_from_folder(cfg, folder, work_dir):
     if not link.exists():
         link.symlink_to(Path(folder).resolve() / "model.safetensors")
     logging.disable_progress_bar()
-    model, info = Gemma3ForCausalLM.from_pretrained(work_dir, dtype=cfg["dtype"], attn_implementation="eager",
-                                                    output_loading_info=True)
+    model, info = Gemma3ForCausalLM.from_pretrained(work_dir, dtype=cfg["dtype"],
+                                                    attn_implementation=attn_implementation, output_loading_info=True)
     problems = {key: value for key, value in info.items() if value}
     if problems:  # a reference with randomly initialised tensors would be no reference
         raise RuntimeError(f"transformers did not load every tensor of {folder}: {problems}")
