@@ -22,6 +22,12 @@ def nb2():
     return import_notebook(NOTEBOOK_2)
 
 
+@pytest.fixture(params=["nb1", "nb2"])
+def notebook(request):
+    """Each notebook's definitions in turn: a test taking it runs once against each notebook."""
+    return request.getfixturevalue(request.param)
+
+
 @pytest.fixture(scope="session")
 def gguf_path():
     """The real Gemma 3 270M GGUF assembled from the PyPI package."""

@@ -30,6 +30,11 @@ def tiny_config(nb, **overrides):
     return cfg
 
 
+def random_ids(cfg, length, seed):
+    """(1, length) token ids drawn from cfg's vocabulary, the same for the same seed."""
+    return torch.randint(0, cfg["vocab_size"], (1, length), generator=torch.Generator().manual_seed(seed))
+
+
 def hf_config(cfg):
     from transformers import Gemma3TextConfig
 

@@ -8,12 +8,6 @@ import pytest
 import torch
 from reference import hf_model, hf_state_dict, tiny_config
 
-
-@pytest.fixture(params=["nb1", "nb2"])
-def notebook(request):
-    return request.getfixturevalue(request.param)
-
-
 CONTEXT = 16
 
 

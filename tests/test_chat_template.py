@@ -16,12 +16,6 @@ import pytest
 from jinja2.exceptions import TemplateError
 from transformers import PreTrainedTokenizerFast
 
-
-@pytest.fixture(params=["nb1", "nb2"])
-def notebook(request):
-    return request.getfixturevalue(request.param)
-
-
 CHAT_TEMPLATE = r"""
 {%- if not messages -%}
     {{ raise_exception("No messages.") }}

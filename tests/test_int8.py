@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-from reference import randomize_norms_, tiny_config
+from reference import random_ids, randomize_norms_, tiny_config
 
 
 def tiny_models(nb2, seed=0):
@@ -54,7 +54,7 @@ def test_quantize_int8_keeps_the_head_tied_and_halves_the_weights(nb2):
 
 def test_int8_model_stays_close_and_its_cache_matches_its_uncached_path(nb2):
     cfg, model, quantized = tiny_models(nb2)
-    ids = torch.randint(0, cfg["vocab_size"], (1, 20), generator=torch.Generator().manual_seed(2))
+    ids = random_ids(cfg, 20, seed=2)
     with torch.no_grad():
         reference, logits = model(ids), quantized(ids)
         relative = ((logits - reference).norm() / reference.norm()).item()

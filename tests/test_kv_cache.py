@@ -7,7 +7,7 @@ run the same float32 operations on the same numbers, in a different grouping.
 
 import pytest
 import torch
-from reference import randomize_norms_, tiny_config
+from reference import random_ids, randomize_norms_, tiny_config
 
 ATOL = 1e-5
 
@@ -17,10 +17,6 @@ def tiny(nb2):
     cfg = tiny_config(nb2)
     torch.manual_seed(0)
     return cfg, randomize_norms_(nb2.Gemma3Model(cfg).eval())
-
-
-def random_ids(cfg, length, seed):
-    return torch.randint(0, cfg["vocab_size"], (1, length), generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("prompt_len", [1, 3, 4, 10, 23])  # shorter than, equal to, longer than the window of 4

@@ -1,4 +1,4 @@
-"""The stored notebooks are what a reader should find: run once top to bottom, clean outputs.
+"""The stored_notebook notebooks are what a reader should find: run once top to bottom, clean outputs.
 
 (nbval, configured in pyproject.toml, separately re-runs them and compares their outputs.)
 """
@@ -13,58 +13,58 @@ MACHINE_PATH = re.compile(r"(/home/|/Users/|/root/|/tmp/|/work/|site-packages|[A
 
 
 @pytest.fixture(params=[NOTEBOOK_1, NOTEBOOK_2], ids=["notebook1", "notebook2"])
-def notebook(request):
+def stored_notebook(request):
     return json.loads(request.param.read_text())
 
 
-def code_cells(notebook):
-    return [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
+def code_cells(stored_notebook):
+    return [cell for cell in stored_notebook["cells"] if cell["cell_type"] == "code"]
 
 
-def test_ran_once_top_to_bottom(notebook):
-    counts = [cell["execution_count"] for cell in code_cells(notebook)]
+def test_ran_once_top_to_bottom(stored_notebook):
+    counts = [cell["execution_count"] for cell in code_cells(stored_notebook)]
     assert counts == list(range(1, len(counts) + 1))
 
 
-def test_outputs_are_clean(notebook):
-    for cell in code_cells(notebook):
+def test_outputs_are_clean(stored_notebook):
+    for cell in code_cells(stored_notebook):
         for output in cell["outputs"]:
             assert output["output_type"] != "error", output.get("evalue")
             assert output.get("name") != "stderr", "".join(output["text"])[:300]
             assert "application/vnd.jupyter.widget-view+json" not in output.get("data", {})
             text = json.dumps(output.get("text", "")) + json.dumps(output.get("data", {}).get("text/plain", ""))
             assert not MACHINE_PATH.search(text), MACHINE_PATH.search(text).group(0)
-    assert "widgets" not in notebook["metadata"]
+    assert "widgets" not in stored_notebook["metadata"]
 
 
-def test_generated_text_is_stored(notebook):
-    outputs = ["".join(o.get("text", "")) for cell in code_cells(notebook) for o in cell["outputs"]]
+def test_generated_text_is_stored(stored_notebook):
+    outputs = ["".join(o.get("text", "")) for cell in code_cells(stored_notebook) for o in cell["outputs"]]
     assert any("The three most important inventions of the twentieth century were" in text and len(text) > 200
                for text in outputs)
 
 
-def test_sections_are_numbered_in_order(notebook):
-    headings = [line for cell in notebook["cells"] if cell["cell_type"] == "markdown"
+def test_sections_are_numbered_in_order(stored_notebook):
+    headings = [line for cell in stored_notebook["cells"] if cell["cell_type"] == "markdown"
                 for line in "".join(cell["source"]).splitlines() if line.startswith("## ")]
     numbers = [int(m.group(1)) for h in headings if (m := re.match(r"## (\d+)\. ", h))]
     assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) >= 13
 
 
-def test_concept_cells_have_prose_before_them(notebook):
-    cells = notebook["cells"]
+def test_concept_cells_have_prose_before_them(stored_notebook):
+    cells = stored_notebook["cells"]
     for i, cell in enumerate(cells):
         if "export" in cell.get("metadata", {}).get("tags", []) and "class " in "".join(cell["source"]):
             assert cells[i - 1]["cell_type"] == "markdown", "".join(cell["source"])[:80]
 
 
-def test_pictures_are_stored_as_png(notebook):
-    """Masks and RoPE frequencies in both notebooks; the cache-memory plot in the KV-cache notebook."""
-    pngs = [o for cell in code_cells(notebook) for o in cell["outputs"] if "image/png" in o.get("data", {})]
-    kv_notebook = any("class KVCache" in "".join(cell["source"]) for cell in code_cells(notebook))
+def test_pictures_are_stored_as_png(stored_notebook):
+    """Masks and RoPE frequencies in both notebooks; the cache-memory plot in the KV-cache stored_notebook."""
+    pngs = [o for cell in code_cells(stored_notebook) for o in cell["outputs"] if "image/png" in o.get("data", {})]
+    kv_notebook = any("class KVCache" in "".join(cell["source"]) for cell in code_cells(stored_notebook))
     assert len(pngs) == (3 if kv_notebook else 2)
 
 
-def test_device_and_memory_are_said_aloud(notebook):
-    outputs = "".join("".join(o.get("text", "")) for cell in code_cells(notebook) for o in cell["outputs"])
+def test_device_and_memory_are_said_aloud(stored_notebook):
+    outputs = "".join("".join(o.get("text", "")) for cell in code_cells(stored_notebook) for o in cell["outputs"])
     assert "device: cpu" in outputs or "device: cuda" in outputs or "device: mps" in outputs
     assert "resident (RSS) on cpu" in outputs or "max allocated on cuda" in outputs

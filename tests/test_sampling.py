@@ -10,12 +10,6 @@ import pytest
 import torch
 from reference import tiny_config
 
-
-@pytest.fixture(params=["nb1", "nb2"])
-def notebook(request):
-    return request.getfixturevalue(request.param)
-
-
 N_DRAWS = 20_000
 
 
