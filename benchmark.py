@@ -77,10 +77,9 @@ def run_mode(mode: str, dtype_name: str, new_tokens: int, device_name: str, rand
     if mode == "transformers":
         return run_transformers(cfg, folder, token_ids, new_tokens, device)
 
-    model = nb.Gemma3Model(cfg)
-    if folder is not None:
-        nb.load_weights_into_gemma(model, cfg, nb.SafetensorsFile(folder / "model.safetensors"))
-    model.to(device).eval()
+    from reference import notebook_model
+
+    model = notebook_model(nb, dtype, folder).to(device)
     kwargs = {}
     if mode == "regular-full-head":
         # The last position's logits, but computed the wasteful way: the head on every position.

@@ -35,6 +35,15 @@ def random_ids(cfg, length, seed):
     return torch.randint(0, cfg["vocab_size"], (1, length), generator=torch.Generator().manual_seed(seed))
 
 
+def notebook_model(nb, dtype, folder=None):
+    """Either notebook's model in `dtype`, with the real weights of a converted `folder` when given."""
+    cfg = dict(nb.GEMMA3_CONFIG_270M, dtype=dtype)
+    model = nb.Gemma3Model(cfg).eval()
+    if folder is not None:
+        nb.load_weights_into_gemma(model, cfg, nb.SafetensorsFile(folder / "model.safetensors"))
+    return model
+
+
 def hf_config(cfg):
     from transformers import Gemma3TextConfig
 

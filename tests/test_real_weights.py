@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reference import hf_model_from_folder
+from reference import hf_model_from_folder, notebook_model
 
 PASSAGE = Path(__file__).resolve().parent / "data" / "passage.txt"
 N_NEW = 50  # greedy tokens compared
@@ -49,14 +49,6 @@ BF16_MIN_TOP1 = 0.95
 BF16_VS_FP32_SLACK = 0.02
 
 
-def load_ours(nb, folder, dtype):
-    """Either notebook's model with the real weights of the converted folder."""
-    cfg = dict(nb.GEMMA3_CONFIG_270M, dtype=dtype)
-    model = nb.Gemma3Model(cfg).eval()
-    nb.load_weights_into_gemma(model, cfg, nb.SafetensorsFile(folder / "model.safetensors"))
-    return model
-
-
 def hf_greedy(hf, prompt, max_new_tokens):
     """transformers' greedy generation with its own KV cache: the new token ids."""
     out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
@@ -82,7 +74,7 @@ def passage(tokenizer):
 
 @pytest.fixture(scope="module")
 def fp32_pair(nb1, offline_folder, tmp_path_factory):
-    ours = load_ours(nb1, offline_folder, torch.float32)
+    ours = notebook_model(nb1, torch.float32, offline_folder)
     hf = hf_model_from_folder(ours.cfg, offline_folder, tmp_path_factory.mktemp("hf_fp32"))
     yield ours, hf
     del ours, hf
@@ -165,7 +157,7 @@ def test_generate_text_stream_matches_reference(nb1, fp32_pair, passage, tokeniz
 
 
 def test_bf16_top1_agreement(nb1, offline_folder, tmp_path_factory, passage, fp32_logits):
-    ours = load_ours(nb1, offline_folder, torch.bfloat16)
+    ours = notebook_model(nb1, torch.bfloat16, offline_folder)
     hf = hf_model_from_folder(ours.cfg, offline_folder, tmp_path_factory.mktemp("hf_bf16"))
     ids = passage[:, :BF16_TOKENS]
     with torch.no_grad():
@@ -191,7 +183,7 @@ def test_kv_cache_generation_matches_uncached_and_reference(nb2, offline_folder,
     next cached token, which by induction is what uncached greedy decoding produces)."""
     new_tokens = 200
     assert passage.shape[1] >= 600 and passage.shape[1] + new_tokens > 1024
-    model = load_ours(nb2, offline_folder, torch.float32)
+    model = notebook_model(nb2, torch.float32, offline_folder)
     cached = list(nb2.generate_text_stream(model, passage, new_tokens))
     assert cached == hf_greedy(fp32_pair[1], passage, new_tokens)
     full = torch.cat([passage, torch.tensor([cached])], dim=1)
