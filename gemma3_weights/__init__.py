@@ -31,22 +31,31 @@ class Weights:
 
     @property
     def display_folder(self) -> str:
-        """The folder relative to the checkpoints root, so outputs never show a machine path."""
+        """The folder relative to the checkpoints root or the Hugging Face cache: never a machine path."""
         try:
             return str(Path("checkpoints") / self.folder.relative_to(checkpoints_dir()))
         except ValueError:
+            pass
+        try:
+            from huggingface_hub import constants
+
+            return f"Hugging Face cache: {self.folder.relative_to(constants.HF_HUB_CACHE).as_posix()}"
+        except (ImportError, ValueError):
             return self.folder.name
 
 
-def prepare_weights(source: str = "auto", repo_id: str = "google/gemma-3-270m") -> Weights:
-    """Return a Hugging Face-layout folder of Gemma 3 270M weights from the chosen source."""
+def prepare_weights(source: str = "auto", repo_id: str = "google/gemma-3-270m", revision: str | None = None) -> Weights:
+    """Return a Hugging Face-layout folder of Gemma 3 270M weights from the chosen source.
+
+    `revision` picks a commit of the official repository (default: the one pinned in official.REVISIONS).
+    """
     if source not in SOURCES:
         raise WeightsError(f"Unknown weights source {source!r}; choose one of {', '.join(SOURCES)}.")
     if source in ("auto", "official"):
         from .official import official_weights_folder
 
         try:
-            folder, what = official_weights_folder(repo_id)
+            folder, what = official_weights_folder(repo_id, revision=revision)
             return Weights(folder, "official", repo_id.endswith("-it"),
                            f"official weights {repo_id} ({what})")
         except OfficialWeightsUnavailable as err:
