@@ -2,7 +2,9 @@
 
 import os
 
-os.environ["GEMMA3_NO_PROGRESS"] = "1"  # nbval's kernels inherit it: no progress bars in compared outputs
+# nbval's kernels inherit these: no progress bars in compared outputs (huggingface_hub's and tqdm's own switches).
+os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+os.environ["TQDM_DISABLE"] = "1"
 
 
 def pytest_collectstart(collector):
@@ -10,3 +12,12 @@ def pytest_collectstart(collector):
     # machines); tests/test_notebooks_clean.py checks that the stored notebooks hold no stderr at all.
     if collector.fspath and collector.fspath.ext == ".ipynb":
         collector.skip_compare += ("stderr",)
+
+
+def pytest_collection_modifyitems(items):
+    # Running a notebook takes minutes: its cells count as slow, so `pytest -m "not slow"` leaves them out.
+    import pytest
+
+    for item in items:
+        if str(item.path).endswith(".ipynb"):
+            item.add_marker(pytest.mark.slow)

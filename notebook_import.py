@@ -3,6 +3,8 @@
 Code cells tagged `export` (cell metadata; invisible to readers) hold the definitions: config,
 classes, functions. They are executed, in order, into a fresh module. Cells that load weights,
 generate or plot are not tagged, so importing a notebook is quick and needs no weights.
+
+Used by the tests and by benchmark.py.
 """
 
 from __future__ import annotations
@@ -12,14 +14,14 @@ import sys
 import types
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent
 NOTEBOOK_1 = ROOT / "standalone-gemma3.ipynb"
 NOTEBOOK_2 = ROOT / "standalone-gemma3-plus-kvcache.ipynb"
 
 
 def import_notebook(path: Path, name: str | None = None) -> types.ModuleType:
     """Execute the `export`-tagged code cells of a notebook into a new module and return it."""
-    notebook = json.loads(Path(path).read_text())
+    notebook = json.loads(Path(path).read_text(encoding="utf-8"))
     module = types.ModuleType(name or Path(path).stem.replace("-", "_"))
     module.__file__ = str(path)
     sys.modules[module.__name__] = module  # torch.compile looks a function's module up by name
@@ -28,3 +30,12 @@ def import_notebook(path: Path, name: str | None = None) -> types.ModuleType:
             source = "".join(cell["source"])
             exec(compile(source, f"{Path(path).name}:cell", "exec"), module.__dict__)
     return module
+
+
+def notebook_model(nb, dtype, folder=None):
+    """Either notebook's model in `dtype`, with the real weights of a converted `folder` when given."""
+    cfg = dict(nb.GEMMA3_CONFIG_270M, dtype=dtype)
+    model = nb.Gemma3Model(cfg).eval()
+    if folder is not None:
+        nb.load_weights_into_gemma(model, cfg, nb.SafetensorsFile(Path(folder) / "model.safetensors"))
+    return model
