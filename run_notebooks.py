@@ -33,7 +33,9 @@ def run(path: Path) -> float:
 
 
 if __name__ == "__main__":
-    os.environ["GEMMA3_NO_PROGRESS"] = "1"  # the kernels inherit it: no progress bars in stored outputs
+    # The kernels inherit these: no progress bars in stored outputs (huggingface_hub's and tqdm's own switches).
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["TQDM_DISABLE"] = "1"
     for name in sys.argv[1:] or NOTEBOOKS:
         seconds = run(ROOT / name)
         print(f"{name}: ran top to bottom in {seconds:.0f} s; open it to read the outputs")
