@@ -16,8 +16,9 @@ offline GGUF conversion), each in a fresh process so that peak memory is its own
 - transformers:        Gemma3ForCausalLM.generate, greedy, its default cache: the baseline
 
 Decode tokens/s excludes the prompt (reported separately as time to first token). Peak memory is
-the process's peak RSS on CPU (weights loading included), torch.cuda.max_memory_allocated on CUDA.
-The notebooks' model code is imported from the notebooks themselves, not copied.
+the process's peak RSS on CPU (weights loading included; psutil, sampled every 10 ms),
+torch.cuda.max_memory_allocated on CUDA. The notebooks' model code is imported from the notebooks
+themselves (notebook_import.py), not copied; transformers is built from the same config (hf_reference.py).
 """
 
 from __future__ import annotations
@@ -26,15 +27,14 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # notebook_import, reference (transformers config)
+sys.path.insert(0, str(ROOT))  # gemma3_weights, notebook_import, hf_reference
 
 PROMPT = ("The history of computing is often told as a story of machines, but it is just as much a story "
           "of people learning to describe their problems precisely. Long before electronic computers")
@@ -58,8 +58,9 @@ SLOW = {"regular", "regular-full-head", "regular-compiled"}  # recompute everyth
 # ---------------------------------------------------------------- one mode, in its own process
 def run_mode(mode: str, dtype_name: str, new_tokens: int, device_name: str, random_weights: bool) -> dict:
     import torch
-    from notebook_import import NOTEBOOK_1, NOTEBOOK_2, import_notebook
+    from notebook_import import NOTEBOOK_1, NOTEBOOK_2, import_notebook, notebook_model
 
+    PeakRSS.start()  # before anything is loaded: the peak includes loading the weights
     torch.manual_seed(0)
     device = torch.device(device_name)
     dtype = getattr(torch, dtype_name)
@@ -76,8 +77,6 @@ def run_mode(mode: str, dtype_name: str, new_tokens: int, device_name: str, rand
 
     if mode == "transformers":
         return run_transformers(cfg, folder, token_ids, new_tokens, device)
-
-    from reference import notebook_model
 
     model = notebook_model(nb, dtype, folder).to(device)
     kwargs = {}
@@ -110,7 +109,7 @@ def run_transformers(cfg, folder, token_ids, new_tokens, device):
     import tempfile
 
     import torch
-    from reference import hf_config, hf_model_from_folder
+    from hf_reference import hf_config, hf_model_from_folder
     from transformers import Gemma3ForCausalLM
     from transformers.generation.streamers import BaseStreamer
 
@@ -119,7 +118,7 @@ def run_transformers(cfg, folder, token_ids, new_tokens, device):
         config._attn_implementation = "sdpa"  # transformers' default for this model
         model = Gemma3ForCausalLM(config).to(cfg["dtype"])
     else:  # transformers' own loading, which fails on a missing tensor rather than leaving it random
-        with tempfile.TemporaryDirectory() as work_dir:  # holds only config.json and a link to the weights
+        with tempfile.TemporaryDirectory() as work_dir:  # holds only config.json and a (hard) link to the weights
             model = hf_model_from_folder(cfg, folder, work_dir, attn_implementation="sdpa")
     model.to(device).eval()
 
@@ -160,8 +159,7 @@ def measure(generate, warmup_tokens, new_tokens, device):
     start = time.perf_counter()
     stamps = generate(new_tokens)
     assert len(stamps) == new_tokens, f"generated {len(stamps)} of {new_tokens} tokens"
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux: KiB
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else PeakRSS.peak
     return {
         "ttft_s": stamps[0] - start,
         "decode_tok_s": (len(stamps) - 1) / (stamps[-1] - stamps[0]),
@@ -169,6 +167,30 @@ def measure(generate, warmup_tokens, new_tokens, device):
         "peak_bytes": peak,
         "warmup_s": warmup_seconds,
     }
+
+
+class PeakRSS:
+    """The process's peak resident memory in bytes, sampled with psutil (the same on Linux, macOS, Windows).
+
+    A background thread reads the RSS every 10 ms (about 20 us a read: no measurable cost to the
+    timings); a spike shorter than that can be missed.
+    """
+
+    peak = 0
+
+    @classmethod
+    def start(cls, interval: float = 0.01):
+        import psutil
+
+        process = psutil.Process()
+
+        def sample():
+            while True:
+                cls.peak = max(cls.peak, process.memory_info().rss)
+                time.sleep(interval)
+
+        cls.peak = process.memory_info().rss
+        threading.Thread(target=sample, name="peak-rss", daemon=True).start()
 
 
 # ---------------------------------------------------------------- the machine
@@ -180,7 +202,7 @@ def machine_description(device_name: str) -> str:
     else:
         model_name = platform.processor() or platform.machine()
         try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
+            for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
                 if line.startswith("model name"):
                     model_name = line.split(":", 1)[1].strip()
                     break
@@ -236,6 +258,8 @@ def main():
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--chart", type=Path, help="also draw decode tokens/s per mode into this PNG")
     parser.add_argument("--from-json", type=Path, help="redraw the table and chart of an earlier --json run")
+    parser.add_argument("--timeout", type=float, default=1800,
+                        help="seconds one mode may take, compiling included, before it is stopped (default: 1800)")
     parser.add_argument("--one", nargs=3, metavar=("MODE", "DTYPE", "TOKENS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -245,7 +269,7 @@ def main():
         return
 
     if args.from_json:
-        saved = json.loads(args.from_json.read_text())
+        saved = json.loads(args.from_json.read_text(encoding="utf-8"))
         print(table(saved["results"], saved["bandwidth"], saved["machine"]))
         if args.chart:
             chart(saved["results"], saved["machine"], args.chart)
@@ -266,10 +290,15 @@ def main():
                 continue  # the int8 kernels take bfloat16 activations; float32 ones are slow and beside the point
             tokens = args.slow_new_tokens if mode in SLOW else args.new_tokens
             started = time.perf_counter()
-            child = subprocess.run(
-                [sys.executable, __file__, "--device", args.device, "--one", mode, dtype_name, str(tokens)]
-                + ["--random-weights"] * args.random_weights,
-                capture_output=True, text=True, env=os.environ | {"TQDM_DISABLE": "1"})
+            try:
+                child = subprocess.run(
+                    [sys.executable, __file__, "--device", args.device, "--one", mode, dtype_name, str(tokens)]
+                    + ["--random-weights"] * args.random_weights,
+                    capture_output=True, text=True, timeout=args.timeout,
+                    env=os.environ | {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
+            except subprocess.TimeoutExpired:
+                print(f"{mode} {dtype_name}: FAILED, stopped after {args.timeout:.0f} s (raise --timeout)")
+                continue
             lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
             if child.returncode or not lines:
                 print(f"{mode} {dtype_name}: FAILED\n{child.stderr[-2000:]}")
@@ -285,7 +314,7 @@ def main():
         chart(results, machine_description(args.device), args.chart)
     if args.json:
         args.json.write_text(json.dumps({"machine": machine_description(args.device), "bandwidth": bandwidth,
-                                         "results": results}, indent=2))
+                                         "results": results}, indent=2), encoding="utf-8")
 
 
 def chart(results, machine, path):
