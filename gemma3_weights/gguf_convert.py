@@ -299,21 +299,21 @@ def convert_gguf(gguf_path: Path, folder: Path, dtype: str = "bfloat16") -> dict
         package_version = version(GGUF_PACKAGE)
     except PackageNotFoundError:
         package_version = None
+    source = {"package": GGUF_PACKAGE, "package_version": package_version, "gguf_file": gguf_path.name,
+              "gguf_sha256": _sha256(gguf_path), "converter_version": CONVERSION_VERSION, "dtype": dtype}
+    return write_manifest(folder, source, seconds=round(time.perf_counter() - start, 1))
+
+
+def write_manifest(folder: Path, source: dict, seconds: float) -> dict:
+    """Record the folder's files (size, sha256) and their source; written last, atomically."""
     manifest = {
-        "source": {
-            "package": GGUF_PACKAGE,
-            "package_version": package_version,
-            "gguf_file": gguf_path.name,
-            "gguf_sha256": _sha256(gguf_path),
-            "converter_version": CONVERSION_VERSION,
-            "dtype": dtype,
-        },
+        "source": source,
         "model": "base",
         "files": {
             name: {"size": (folder / name).stat().st_size, "sha256": _sha256(folder / name)}
             for name in ("model.safetensors", "tokenizer.json")
         },
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": seconds,
     }
     with _temporary(folder / MANIFEST) as partial:
         partial.write_text(json.dumps(manifest, indent=2), encoding="utf-8")

