@@ -17,6 +17,8 @@ import pytest
 import torch
 from reference import hf_model_from_folder, notebook_model
 
+pytestmark = pytest.mark.slow  # the real weights: minutes, not seconds
+
 PASSAGE = Path(__file__).resolve().parent / "data" / "passage.txt"
 N_NEW = 50  # greedy tokens compared
 SHORT_PROMPT = 80  # prompt tokens for the test that runs our generator itself
@@ -67,7 +69,7 @@ def tokenizer(nb1, offline_folder):
 
 @pytest.fixture(scope="module")
 def passage(tokenizer):
-    ids = tokenizer.encode(PASSAGE.read_text())
+    ids = tokenizer.encode(PASSAGE.read_text(encoding="utf-8"))
     assert len(ids) > 700, f"the passage has {len(ids)} tokens; it must cross the 512-token window"
     return torch.tensor([ids])
 
