@@ -294,8 +294,9 @@ def main():
                 child = subprocess.run(
                     [sys.executable, __file__, "--device", args.device, "--one", mode, dtype_name, str(tokens)]
                     + ["--random-weights"] * args.random_weights,
-                    capture_output=True, text=True, timeout=args.timeout,
-                    env=os.environ | {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
+                    capture_output=True, encoding="utf-8", errors="replace", timeout=args.timeout,
+                    env=os.environ | {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                                      "PYTHONIOENCODING": "utf-8"})
             except subprocess.TimeoutExpired:
                 print(f"{mode} {dtype_name}: FAILED, stopped after {args.timeout:.0f} s (raise --timeout)")
                 continue

@@ -175,9 +175,9 @@ PREPARE = "from gemma3_weights import prepare_weights; print(prepare_weights('of
 @pytest.mark.slow
 def test_two_first_uses_at_once_both_succeed(tmp_path, gguf_path, monkeypatch):
     """Two notebooks opened at once on a fresh machine: both get the weights, one converts, one waits."""
-    env = os.environ | {"GEMMA3_CHECKPOINTS": str(tmp_path), "TQDM_DISABLE": "1"}
+    env = os.environ | {"GEMMA3_CHECKPOINTS": str(tmp_path), "TQDM_DISABLE": "1", "PYTHONIOENCODING": "utf-8"}
     start = time.perf_counter()
-    runs = [subprocess.Popen([sys.executable, "-c", PREPARE], cwd=ROOT, env=env, text=True,
+    runs = [subprocess.Popen([sys.executable, "-c", PREPARE], cwd=ROOT, env=env, encoding="utf-8",
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
     # 600 s: far beyond the ~40 s that one conversion plus one reuse take here, so only a deadlock reaches it.
     outputs = [run.communicate(timeout=600) for run in runs]
