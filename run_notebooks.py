@@ -3,8 +3,15 @@
     python run_notebooks.py            # both notebooks
     python run_notebooks.py NOTEBOOK   # one of them
 
-Uses the offline weights unless a Hugging Face token is configured (see the notebooks' settings).
-Outputs are kept as a reader would see them: consecutive prints merged, no timing metadata.
+Runs them with GEMMA3_REPRODUCIBLE=1 (the offline weights on the CPU, whatever token or GPU the machine
+has), so that the stored outputs are the same on every machine except in cells tagged
+nbval-ignore-output; set GEMMA3_REPRODUCIBLE=0 to run them as a reader would. Outputs are kept as a
+reader would see them: consecutive prints merged, no timing metadata.
+
+Under ATEN_CPU_CAPABILITY=default (PyTorch's unvectorised kernels, a second arithmetic to check the
+stored outputs against) torch.compile's C++ does not build: cells tagged `uses-inductor` are then
+left as stored, not run. Compare such a run with ../shared/tools/compared_outputs_diff.py, and
+don't commit it.
 """
 
 import os
@@ -20,10 +27,10 @@ ROOT = Path(__file__).resolve().parent
 NOTEBOOKS = ["standalone-gemma3.ipynb", "standalone-gemma3-plus-kvcache.ipynb"]
 
 
-def run(path: Path) -> float:
+def run(path: Path, skip_tag: str) -> float:
     notebook = nbformat.read(path, as_version=4)
     start = time.perf_counter()
-    NotebookClient(notebook, timeout=1800, kernel_name="python3", record_timing=False,
+    NotebookClient(notebook, timeout=1800, kernel_name="python3", record_timing=False, skip_cells_with_tag=skip_tag,
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     seconds = time.perf_counter() - start
     notebook, _ = CoalesceStreamsPreprocessor().preprocess(notebook, {})
@@ -36,6 +43,11 @@ if __name__ == "__main__":
     # The kernels inherit these: no progress bars in stored outputs (huggingface_hub's and tqdm's own switches).
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     os.environ["TQDM_DISABLE"] = "1"
+    os.environ.setdefault("GEMMA3_REPRODUCIBLE", "1")
+    skip_tag = "skip-execution"  # nbclient's own tag; no cell carries it
+    if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() == "default":
+        skip_tag = "uses-inductor"
+        print("ATEN_CPU_CAPABILITY=default: cells tagged uses-inductor keep their stored outputs (not run)")
     for name in sys.argv[1:] or NOTEBOOKS:
-        seconds = run(ROOT / name)
+        seconds = run(ROOT / name, skip_tag)
         print(f"{name}: ran top to bottom in {seconds:.0f} s; open it to read the outputs")

@@ -11,6 +11,26 @@ import torch
 from hf_reference import hf_config, hf_model_from_folder, link_or_copy  # noqa: F401 - the tests' reference
 from notebook_import import notebook_model  # noqa: F401 - re-exported for the tests
 
+FP32_EPS = torch.finfo(torch.float32).eps  # 1.19e-7: one unit in the last place (ulp) at 1.0
+
+
+def assert_close_fp32(ours, ref, ulps=32):
+    """ours equals ref up to float32 rounding: max |ours - ref| <= ulps * eps * max(|ref|, 1).
+
+    Two float32 computations of one function that add the same products in another order (another
+    kernel, another instruction set, a cache instead of the whole sequence) differ by a few ulps of
+    their largest values: measured at most 2.5 (2.3 under ATEN_CPU_CAPABILITY=default) on the tiny
+    config's logits of up to 50. 32 ulps leaves 10x room for other CPUs' kernels and is still 2e-4
+    on logits of 50, while real mistakes move them far more (measured on the tiny model's logits): a
+    window one too small or large by ~7, the global RoPE base in local layers by 0.2, an RMSNorm eps of
+    1e-5 instead of 1e-6 by 0.013.
+    """
+    scale = max(ref.abs().max().item(), 1.0)
+    diff = (ours - ref).abs().max().item()
+    assert diff <= ulps * FP32_EPS * scale, (
+        f"max abs diff {diff:.2e} = {diff / (FP32_EPS * scale):.1f} ulps of the largest value {scale:.3g} "
+        f"(allowed {ulps})")
+
 
 def tiny_config(nb, **overrides):
     """A small fp32 config with sliding and global layers and a window of a few tokens."""
