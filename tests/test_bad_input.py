@@ -75,6 +75,25 @@ def test_token_ids_out_of_range(notebook, model, name):
         generate(notebook, model, ids, 2)
 
 
+def test_token_ids_as_floats_or_a_list(notebook, model):
+    for call in (model, lambda ids: generate(notebook, model, ids, 2)):
+        with pytest.raises(ValueError, match=r"integers, not torch.float32.*ids.long\(\)"):
+            call(torch.tensor([[5.0, 6.0]]))
+        with pytest.raises(ValueError, match=r"torch tensor.*not a list.*torch.tensor\(\[ids\]\)"):
+            call([[5, 6]])
+
+
+@pytest.mark.parametrize("max_new_tokens", [2.5, "3", True])
+def test_max_new_tokens_not_a_whole_number(notebook, model, max_new_tokens):
+    with pytest.raises(ValueError, match=r"max_new_tokens must be a whole number"):
+        generate(notebook, model, prompt(3), max_new_tokens)
+
+
+def test_negative_temperature(notebook, model):
+    with pytest.raises(ValueError, match=r"temperature must be 0 \(greedy\) or positive, not -1"):
+        generate(notebook, model, prompt(3), 2, temperature=-1)
+
+
 def test_token_ids_at_the_edges_are_fine(notebook, model):
     assert model(torch.tensor([[0, 256]])).shape == (1, 2, 257)
 
@@ -142,14 +161,51 @@ def test_check_dtype_bf16_on_a_gpu_without_it(notebook, monkeypatch):
     with pytest.raises(ValueError, match=r"(?i)bfloat16.*DTYPE = torch.float32"):
         notebook.check_dtype(cuda, torch.bfloat16)
     assert notebook.check_dtype(cuda, torch.float32) == torch.float32
-    assert notebook.check_dtype(cuda, torch.float16) == torch.float16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
     assert notebook.check_dtype(cuda, torch.bfloat16) == torch.bfloat16
 
 
 def test_check_dtype_cpu(notebook):
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+    for dtype in (torch.float32, torch.bfloat16):
         assert notebook.check_dtype(torch.device("cpu"), dtype) == dtype
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_float16_is_refused_with_the_reason(notebook, device):
+    """Gemma 3's residual stream outgrows float16 (measured: every logit NaN on the real weights)."""
+    with pytest.raises(ValueError, match=r"float16 overflows.*65,504.*NaN.*DTYPE = torch.bfloat16"):
+        notebook.check_dtype(torch.device(device), torch.float16)
+
+
+def test_overflowing_activations_stop_generation(notebook, model):
+    """NaN logits are an error naming the cause, never NaN 'tokens' (greedy would pick id 0, <pad>)."""
+    with torch.no_grad():
+        model.final_norm.weight.fill_(float("inf"))  # inf * 0 somewhere: NaN logits, as an overflow gives
+    with pytest.raises(FloatingPointError, match=r"NaN or infinite.*overflowed.*bfloat16"):
+        generate(notebook, model, prompt(3), 2)
+
+
+def test_config_edited_after_the_model_was_built(notebook, model):
+    """An edit would reach some parts (the masks read cfg) but not others (layers, RoPE tables, cache)."""
+    model.cfg["sliding_window"] = 2
+    with pytest.raises(ValueError, match=r"cfg was edited.*sliding_window: 4 -> 2.*Gemma3Model\(cfg\)"):
+        model(prompt(3))
+    with pytest.raises(ValueError, match=r"cfg was edited.*sliding_window: 4 -> 2"):
+        generate(notebook, model, prompt(3), 2)
+    model.cfg["sliding_window"] = 4
+    assert len(generate(notebook, model, prompt(3), 2)) == 2  # put back, it runs again
+
+
+def test_kv_cache_config_edited_after_setup_cache(nb2):
+    model = nb2.Gemma3Model(tiny_config(nb2, context_length=CONTEXT)).eval()
+    model.setup_cache(12)
+    model.prefill(prompt(3))
+    model.cfg["sliding_window"] = 64  # the issue's edit: the cache keeps its 4-slot rings
+    with pytest.raises(ValueError, match=r"cfg was edited.*sliding_window: 4 -> 64"):
+        model.decode(torch.tensor([[5]]), torch.tensor([3]))
+    for call in (lambda: model.setup_cache(12), lambda: model.prefill(prompt(3))):
+        with pytest.raises(ValueError, match=r"cfg was edited"):
+            call()
 
 
 # --- config and checkpoint -------------------------------------------------------------------------
@@ -180,7 +236,12 @@ def test_inconsistent_config(notebook, name):
 
 def test_tiny_config_is_consistent(notebook):
     notebook.check_config(tiny_config(notebook))
-    notebook.check_config(notebook.GEMMA3_CONFIG_270M)
+    notebook.check_config(dict(notebook.GEMMA3_CONFIG_270M, dtype=torch.bfloat16))
+
+
+def test_config_without_a_dtype(notebook):
+    with pytest.raises(ValueError, match=r"lacks \['dtype'\].*dict\(GEMMA3_CONFIG_270M, dtype=DTYPE\)"):
+        notebook.check_config(notebook.GEMMA3_CONFIG_270M)
 
 
 def test_checkpoint_for_another_emb_dim(notebook):

@@ -17,7 +17,8 @@ def tiny(nb2):
     return cfg, randomize_norms_(nb2.Gemma3Model(cfg).eval())
 
 
-@pytest.mark.parametrize("prompt_len", [1, 3, 4, 10, 23])  # shorter than, equal to, longer than the window of 4
+# Shorter than, equal to, longer than the window of 4; the fast subset keeps the longest.
+@pytest.mark.parametrize("prompt_len", [*(pytest.param(n, marks=pytest.mark.slow) for n in (1, 3, 4, 10)), 23])
 def test_cached_logits_equal_uncached_at_every_step(tiny, prompt_len):
     cfg, model = tiny
     new_tokens = 30  # crosses the window of 4 seven times
@@ -37,6 +38,7 @@ def test_cached_logits_equal_uncached_at_every_step(tiny, prompt_len):
             ids = torch.cat([ids, next_id], dim=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prompt_len", [2, 9])
 def test_greedy_generation_identical(nb2, tiny, prompt_len):
     cfg, model = tiny
@@ -63,6 +65,7 @@ def test_cache_is_written_in_place_not_reallocated(nb2, tiny):
     assert [cache.k.data_ptr() for cache in model.caches] == pointers
 
 
+@pytest.mark.slow
 def test_reuse_after_reset_equals_fresh_model(nb2, tiny):
     cfg, model = tiny
     first, other = random_ids(cfg, 7, seed=7), random_ids(cfg, 12, seed=12)
@@ -99,6 +102,7 @@ def test_request_past_the_cache_capacity_is_an_error(tiny):
             model.prefill(random_ids(cfg, 11, seed=5))
 
 
+@pytest.mark.slow
 @pytest.mark.uses_inductor
 def test_compiled_decode_equals_eager_and_compiles_once(nb2, tiny):
     cfg, model = tiny
@@ -109,7 +113,7 @@ def test_compiled_decode_equals_eager_and_compiles_once(nb2, tiny):
     torch._dynamo.utils.counters.clear()
     inductor = torch._inductor.config
     settings_before = (inductor.freezing, inductor.cpp_wrapper)
-    compiled_decode = nb2.compile_decode(model)  # the notebook's settings: frozen weights, C++ wrapper on CPU
+    compiled_decode = nb2.compile_decode(model, fastest=True)  # frozen weights and C++ wrapper on CPU
     compiled = list(nb2.generate_text_stream(model, ids, 40, decode=compiled_decode))
     assert (inductor.freezing, inductor.cpp_wrapper) == settings_before  # scoped to the compiled calls
     again = list(nb2.generate_text_stream(model, random_ids(cfg, 9, seed=9), 30, decode=compiled_decode))

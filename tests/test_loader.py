@@ -147,10 +147,11 @@ def test_safetensors_file_rejects_a_bad_file(nb1, setup, tmp_path, damage):
 ])
 def test_check_config_names_the_inconsistent_key(nb1, edit, key):
     # Edits a reader might make to the real 270M config; check_config runs before any weight is built.
-    cfg = dict(nb1.GEMMA3_CONFIG_270M, **edit)
+    cfg = dict(nb1.GEMMA3_CONFIG_270M, dtype=torch.bfloat16, **edit)
     with pytest.raises(ValueError, match=re.escape(key)):
         nb1.Gemma3Model(cfg)
 
 
 def test_check_config_accepts_the_real_config(nb1):
-    nb1.check_config(nb1.GEMMA3_CONFIG_270M)  # so the failures above come from the edits alone
+    # so the failures above come from the edits alone
+    nb1.check_config(dict(nb1.GEMMA3_CONFIG_270M, dtype=torch.bfloat16))
