@@ -107,6 +107,7 @@ def test_enough_varied_strings():
     assert "" in STRINGS and any(len(s) > 200 for s in STRINGS)
 
 
+@pytest.mark.slow  # the reference reads the 253 MB GGUF's vocabulary: about 50 s
 def test_ids_match_transformers(ours, reference):
     mismatches = []
     for s in STRINGS:
@@ -117,6 +118,7 @@ def test_ids_match_transformers(ours, reference):
     assert not mismatches, f"{len(mismatches)} of {len(STRINGS)} differ, e.g. {mismatches[:3]}"
 
 
+@pytest.mark.slow  # the reference reads the 253 MB GGUF's vocabulary: about 50 s
 def test_decode_round_trips(ours, reference):
     failures = []
     for s in STRINGS:
