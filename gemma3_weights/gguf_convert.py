@@ -208,7 +208,7 @@ def gguf_state_dict(reader, dtype: str = "float32") -> dict:
 def progress_wanted() -> bool:
     """Progress bars for a person watching: a terminal or an interactive notebook.
 
-    Runs whose outputs are kept (run_notebooks.py, nbval, CI) turn them off with the ecosystem's own
+    Runs whose outputs are kept (support/run_notebooks.py, nbval, CI) turn them off with the ecosystem's own
     switches, HF_HUB_DISABLE_PROGRESS_BARS=1 (huggingface_hub) or TQDM_DISABLE=1 (tqdm), so that no
     bar is stored in a notebook or log. Output piped to a file never gets one either.
     """

@@ -1,13 +1,6 @@
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # gemma3_weights
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # notebook_import
-
-from notebook_import import NOTEBOOK_1, NOTEBOOK_2, import_notebook  # noqa: E402
+from support.notebook_import import NOTEBOOK_1, NOTEBOOK_2, import_notebook
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ from __future__ import annotations
 import inspect
 
 import torch
-from hf_reference import hf_config, hf_model_from_folder, link_or_copy  # noqa: F401 - the tests' reference
-from notebook_import import notebook_model  # noqa: F401 - re-exported for the tests
+
+from support.hf_reference import hf_config
 
 FP32_EPS = torch.finfo(torch.float32).eps  # 1.19e-7: one unit in the last place (ulp) at 1.0
 

@@ -90,7 +90,7 @@ def test_int8_model_stays_close_and_its_cache_matches_its_uncached_path(nb2):
 @pytest.mark.slow
 def test_int8_keeps_the_real_models_perplexity(nb2, offline_folder):
     """The claim the notebook's int8 section prints in bf16 (its figures differ slightly by machine)."""
-    from reference import notebook_model
+    from support.notebook_import import notebook_model
 
     model = notebook_model(nb2, torch.bfloat16, offline_folder)
     tokenizer = nb2.Gemma3Tokenizer(offline_folder / "tokenizer.json")

@@ -3,7 +3,8 @@ rows are chaotic enough for rounding to move their third digit from one machine 
 
 import pytest
 import torch
-from reference import notebook_model
+
+from support.notebook_import import notebook_model
 
 
 @pytest.mark.slow

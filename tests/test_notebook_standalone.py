@@ -11,7 +11,8 @@ import sys
 
 import huggingface_hub
 import pytest
-from notebook_import import NOTEBOOK_1, NOTEBOOK_2
+
+from support.notebook_import import NOTEBOOK_1, NOTEBOOK_2
 
 
 @pytest.fixture(params=[NOTEBOOK_1, NOTEBOOK_2], ids=["notebook1", "notebook2"])

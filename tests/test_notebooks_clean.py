@@ -7,7 +7,8 @@ import json
 import re
 
 import pytest
-from notebook_import import NOTEBOOK_1, NOTEBOOK_2
+
+from support.notebook_import import NOTEBOOK_1, NOTEBOOK_2
 
 MACHINE_PATH = re.compile(r"(/home/|/Users/|/root/|/tmp/|/work/|site-packages|[A-Z]:\\\\Users)")
 

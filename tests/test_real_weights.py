@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from reference import hf_model_from_folder, notebook_model
+
+from support.hf_reference import hf_model_from_folder
+from support.notebook_import import notebook_model
 
 pytestmark = pytest.mark.slow  # the real weights: minutes, not seconds
 

@@ -4,7 +4,7 @@ Code cells tagged `export` (cell metadata; invisible to readers) hold the defini
 classes, functions. They are executed, in order, into a fresh module. Cells that load weights,
 generate or plot are not tagged, so importing a notebook is quick and needs no weights.
 
-Used by the tests and by benchmark.py.
+Used by the tests and by support/benchmark.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import types
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent  # the repository root, where the notebooks are
 NOTEBOOK_1 = ROOT / "standalone-gemma3.ipynb"
 NOTEBOOK_2 = ROOT / "standalone-gemma3-plus-kvcache.ipynb"
 

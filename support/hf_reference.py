@@ -1,6 +1,6 @@
 """Hugging Face transformers built from one of our configs: the independent reference.
 
-Used by the tests (tests/reference.py) and by benchmark.py's transformers baseline. The notebooks
+Used by the tests and by support/benchmark.py's transformers baseline. The notebooks
 never import transformers.
 """
 

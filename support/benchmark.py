@@ -1,7 +1,7 @@
 """Decode speed and memory of both notebooks' models against Hugging Face transformers.
 
-    python benchmark.py                        # the full table (about 10 minutes on a 2-core CPU)
-    python benchmark.py --dtypes bfloat16 --no-compile --new-tokens 30   # a quick look
+    python -m support.benchmark                        # the full table (about 10 minutes on a 2-core CPU)
+    python -m support.benchmark --dtypes bfloat16 --no-compile --new-tokens 30   # a quick look
 
 Every mode generates the same greedy tokens from the same prompt with the same weights (the
 offline GGUF conversion), each in a fresh process so that peak memory is its own:
@@ -18,7 +18,8 @@ offline GGUF conversion), each in a fresh process so that peak memory is its own
 Decode tokens/s excludes the prompt (reported separately as time to first token). Peak memory is
 the process's peak RSS on CPU (weights loading included; psutil, sampled every 10 ms),
 torch.cuda.max_memory_allocated on CUDA. The notebooks' model code is imported from the notebooks
-themselves (notebook_import.py), not copied; transformers is built from the same config (hf_reference.py).
+themselves (support/notebook_import.py), not copied; transformers is built from the same config
+(support/hf_reference.py). Run it from the repository root.
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))  # gemma3_weights, notebook_import, hf_reference
+ROOT = Path(__file__).resolve().parent.parent  # the repository root: gemma3_weights and support import from it
 
 PROMPT = ("The history of computing is often told as a story of machines, but it is just as much a story "
           "of people learning to describe their problems precisely. Long before electronic computers")
@@ -58,7 +58,8 @@ SLOW = {"regular", "regular-full-head", "regular-compiled"}  # recompute everyth
 # ---------------------------------------------------------------- one mode, in its own process
 def run_mode(mode: str, dtype_name: str, new_tokens: int, device_name: str, random_weights: bool) -> dict:
     import torch
-    from notebook_import import NOTEBOOK_1, NOTEBOOK_2, import_notebook, notebook_model
+
+    from support.notebook_import import NOTEBOOK_1, NOTEBOOK_2, import_notebook, notebook_model
 
     PeakRSS.start()  # before anything is loaded: the peak includes loading the weights
     torch.manual_seed(0)
@@ -109,9 +110,10 @@ def run_transformers(cfg, folder, token_ids, new_tokens, device):
     import tempfile
 
     import torch
-    from hf_reference import hf_config, hf_model_from_folder
     from transformers import Gemma3ForCausalLM
     from transformers.generation.streamers import BaseStreamer
+
+    from support.hf_reference import hf_config, hf_model_from_folder
 
     if folder is None:
         config = hf_config(cfg)
@@ -234,7 +236,8 @@ def copy_bandwidth(device_name: str) -> float:
 def weight_bytes_per_step(dtype_name: str) -> int:
     """Weights a decode step reads: every matrix once (the embedding as the output head), norms aside."""
     import torch
-    from notebook_import import NOTEBOOK_1, import_notebook
+
+    from support.notebook_import import NOTEBOOK_1, import_notebook
 
     cfg = import_notebook(NOTEBOOK_1).GEMMA3_CONFIG_270M
     per_layer = (cfg["emb_dim"] * cfg["head_dim"] * (2 * cfg["n_heads"] + 2 * cfg["n_kv_groups"])
@@ -292,9 +295,10 @@ def main():
             started = time.perf_counter()
             try:
                 child = subprocess.run(
-                    [sys.executable, __file__, "--device", args.device, "--one", mode, dtype_name, str(tokens)]
+                    [sys.executable, "-m", "support.benchmark", "--device", args.device, "--one", mode, dtype_name,
+                     str(tokens)]
                     + ["--random-weights"] * args.random_weights,
-                    capture_output=True, encoding="utf-8", errors="replace", timeout=args.timeout,
+                    capture_output=True, encoding="utf-8", errors="replace", timeout=args.timeout, cwd=ROOT,
                     env=os.environ | {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
                                       "PYTHONIOENCODING": "utf-8"})
             except subprocess.TimeoutExpired:

@@ -1,7 +1,7 @@
 """Run both notebooks top to bottom and store them with their outputs, as a reader finds them.
 
-    python run_notebooks.py            # both notebooks
-    python run_notebooks.py NOTEBOOK   # one of them
+    python -m support.run_notebooks            # both notebooks (from the repository root)
+    python -m support.run_notebooks NOTEBOOK   # one of them
 
 Runs them with GEMMA3_REPRODUCIBLE=1 (the offline weights on the CPU, whatever token or GPU the machine
 has), so that the stored outputs are the same on every machine except in cells tagged
@@ -10,8 +10,8 @@ reader would see them: consecutive prints merged, no timing metadata.
 
 Under ATEN_CPU_CAPABILITY=default (PyTorch's unvectorised kernels, a second arithmetic to check the
 stored outputs against) torch.compile's C++ does not build: cells tagged `uses-inductor` are then
-left as stored, not run. Compare such a run with ../shared/tools/compared_outputs_diff.py, and
-don't commit it.
+left as stored, not run. Compare such a run's outputs with the stored ones (git diff), and don't
+commit it.
 """
 
 import os
@@ -23,7 +23,7 @@ import nbformat
 from nbclient import NotebookClient
 from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent  # the repository root, where the notebooks are
 NOTEBOOKS = ["standalone-gemma3.ipynb", "standalone-gemma3-plus-kvcache.ipynb"]
 
 
