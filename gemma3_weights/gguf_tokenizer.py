@@ -23,7 +23,7 @@ from __future__ import annotations
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
 from tokenizers.models import BPE
 
-from .errors import WeightsError
+from .outcomes import Failure, WeightsError
 
 SPACE = "\u2581"  # SentencePiece's visible space
 CONTROL, USER_DEFINED = 3, 4  # llama.cpp token types
@@ -59,13 +59,13 @@ def tokenizer_from_gguf(reader) -> Tokenizer:
     """Build Gemma 3's `tokenizers.Tokenizer` from a `gguf.GGUFReader` of a Gemma 3 GGUF."""
     missing = [name for name in FIELDS if name not in reader.fields]
     if missing:
-        raise WeightsError(f"The GGUF has no tokenizer ({', '.join(missing)} missing); it cannot "
-                           "supply tokenizer.json. Use a Gemma 3 GGUF written by llama.cpp's converter.")
+        raise WeightsError(Failure.NO_TOKENIZER, f"The GGUF has no tokenizer ({', '.join(missing)} missing); it "
+                           "cannot supply tokenizer.json.", "Use a Gemma 3 GGUF written by llama.cpp's converter.")
     pieces = _strings(reader.fields["tokenizer.ggml.tokens"])
     types = _ints(reader.fields["tokenizer.ggml.token_type"])
     if len(types) != len(pieces):
-        raise WeightsError(f"The GGUF's tokenizer is inconsistent: {len(pieces)} tokens but "
-                           f"{len(types)} token types. The file may be damaged; rebuild it.")
+        raise WeightsError(Failure.TOKENIZER_INCONSISTENT, f"The GGUF's tokenizer is inconsistent: {len(pieces)} "
+                           f"tokens but {len(types)} token types.", "The file may be damaged; rebuild it.")
     pieces = [SPACE * len(p) if p and p.strip(" ") == "" else p for p in pieces]
     ids = {piece: i for i, piece in enumerate(pieces)}
     bos = pieces[_ints(reader.fields["tokenizer.ggml.bos_token_id"])[0]]

@@ -3,7 +3,7 @@
 The repositories are gated: downloading needs a Hugging Face token whose account has accepted
 Google's license. `official_weights_folder` decides within seconds whether that can work (no
 token, offline mode, hub unreachable, license not accepted, ...) and otherwise raises
-`OfficialWeightsUnavailable`, whose first sentence states the cause and whose next sentences say
+`OfficialWeightsUnavailable`, whose `kind` says what went wrong, `problem` states it and `fix` says
 what to do.
 
 Files go to the shared Hugging Face cache (`hf_hub_download`, as transformers does), so a reader who
@@ -17,7 +17,6 @@ Windows without developer mode), the checksum the hub reported at download time 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import re
@@ -43,8 +42,8 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import disable_progress_bars
 from safetensors import SafetensorError, safe_open
 
-from .errors import OfficialWeightsUnavailable
-from .gguf_convert import checkpoints_dir, progress_wanted
+from .outcomes import Action, DamagedFile, Failure, OfficialWeightsUnavailable, Preparation, WeightsError
+from .storage import checkpoints_dir, file_digest, not_writable, progress_wanted, write_text_atomically
 
 FILES = ("model.safetensors", "tokenizer.json")
 # The commits this project was written against (pinned, so that the hub changing a file cannot change
@@ -56,19 +55,15 @@ REVISIONS = {
 CHECKSUMS = "official-checksums.json"  # under checkpoints/: the hub's checksums of plain (non-symlink) cache copies
 MISSING = "missing"
 UNVERIFIED = "no checksum from the hub is known for it"
-OFFLINE_HINT = 'Or use source="offline": the offline default needs no account.'
-OFFLINE_MODE = ("Hugging Face offline mode is on (HF_HUB_OFFLINE=1).",
+OFFLINE_MODE = (Failure.OFFLINE_MODE, "Hugging Face offline mode is on (HF_HUB_OFFLINE=1).",
                 "Unset HF_HUB_OFFLINE to download the official weights.")
 
 
-def _sha(path: Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    if algorithm == "sha1":  # git's blob id: sha1 over a header and the contents
-        digest.update(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _hub_digest(path: Path, algorithm: str) -> str:
+    """The file's checksum as the hub computes it: sha256 of the bytes, or git's blob id (sha1 over a header
+    and the bytes)."""
+    header = b"blob %d\0" % path.stat().st_size if algorithm == "sha1" else b""
+    return file_digest(path, algorithm, header)
 
 
 def hub_checksum(path: Path, recorded: dict | None = None) -> str | None:
@@ -88,7 +83,7 @@ def file_problem(path: Path, checksum: str | None = None) -> str | None:
         return MISSING
     if checksum is not None:
         algorithm = "sha256" if len(checksum) == 64 else "sha1"
-        actual = _sha(path, algorithm)
+        actual = _hub_digest(path, algorithm)
         if actual != checksum:
             return f"its {algorithm} is {actual[:12]}..., the hub's is {checksum[:12]}..."
     try:
@@ -114,10 +109,11 @@ def _recorded_checksums() -> dict:
 
 def _record_checksums(new: dict) -> None:
     path = checkpoints_dir() / CHECKSUMS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(_recorded_checksums() | new, indent=2), encoding="utf-8")
-    os.replace(partial, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(path, json.dumps(_recorded_checksums() | new, indent=2))
+    except OSError as err:
+        raise not_writable(path.parent, err) from err
 
 
 def _cached(repo_id: str, revision: str) -> dict:
@@ -143,8 +139,8 @@ def _problems(paths: dict) -> dict:
     return problems
 
 
-def official_weights_folder(repo_id: str, timeout: float = 5.0, revision: str | None = None) -> tuple[Path, str]:
-    """Download (once) `model.safetensors` and `tokenizer.json` of `repo_id`; return (folder, what happened).
+def official_weights_folder(repo_id: str, timeout: float = 5.0, revision: str | None = None) -> Preparation:
+    """Download (once) `model.safetensors` and `tokenizer.json` of `repo_id`; return the folder and what was done.
 
     The folder is the repository's snapshot in the Hugging Face cache. `revision` defaults to the
     commit pinned in REVISIONS ("main" for other repositories). `timeout` bounds, in seconds, the
@@ -155,23 +151,21 @@ def official_weights_folder(repo_id: str, timeout: float = 5.0, revision: str | 
     problems = _problems(paths)
     todo = [name for name, problem in problems.items() if problem]
     if not todo:
-        return paths[FILES[0]].parent, "already downloaded"
+        return Preparation(paths[FILES[0]].parent, Action.ALREADY_DOWNLOADED)
     damaged = [name for name in todo if problems[name] not in (MISSING, UNVERIFIED)]
-    notes = [f"The cached copy of {name} of {repo_id} is damaged ({problems[name]}): delete "
-             f"{os.path.realpath(paths[name])}, or run again where the hub can be reached to download it again."
-             for name in damaged]
+    damaged_files = tuple(DamagedFile(name, os.path.realpath(paths[name]), problems[name]) for name in damaged)
 
-    def unavailable(cause: str, *advice: str) -> OfficialWeightsUnavailable:
-        return OfficialWeightsUnavailable(" ".join([cause, *notes, *advice, OFFLINE_HINT]))
+    def unavailable(kind: Failure, problem: str, fix: str) -> OfficialWeightsUnavailable:
+        return OfficialWeightsUnavailable(kind, problem, fix, repo_id=repo_id, damaged=damaged_files)
 
     try:
         token = get_token()
     except Exception as err:  # e.g. a failed OIDC token exchange
-        raise unavailable("The Hugging Face token could not be read.",
+        raise unavailable(Failure.TOKEN_UNREADABLE, "The Hugging Face token could not be read.",
                           f"Check `hf auth whoami` ({type(err).__name__}: {err}).") from err
     if not token:
         raise unavailable(
-            "No Hugging Face token is configured.",
+            Failure.NO_TOKEN, "No Hugging Face token is configured.",
             f"{repo_id} is gated: accept its license at https://huggingface.co/{repo_id}, then run "
             "`hf auth login` (or set the HF_TOKEN environment variable) and run again.")
     if constants.HF_HUB_OFFLINE:
@@ -193,18 +187,18 @@ def official_weights_folder(repo_id: str, timeout: float = 5.0, revision: str | 
                 checksums[str(path)] = metadata.etag
         if checksums:
             _record_checksums(checksums)
+    except WeightsError:
+        raise
     except Exception as err:
         raise unavailable(*_explain(err, repo_id, timeout)) from err
 
     still = {name: problem for name, problem in _problems(paths).items() if problem}
     if still:
         name, problem = next(iter(still.items()))
-        raise unavailable(f"The downloaded {name} of {repo_id} is not usable ({problem}).",
+        raise unavailable(Failure.DOWNLOAD_UNUSABLE,
+                          f"The downloaded {name} of {repo_id} is not usable ({problem}).",
                           f"Delete {os.path.realpath(paths[name])} and run again.")
-    what = "downloaded"
-    if damaged:
-        what += f", replacing damaged {' and '.join(damaged)}"
-    return paths[FILES[0]].parent, what
+    return Preparation(paths[FILES[0]].parent, Action.DOWNLOADED, replaced=tuple(damaged))
 
 
 def _within(timeout: float, fn) -> None:
@@ -230,37 +224,38 @@ def _within(timeout: float, fn) -> None:
         raise outcome[0]
 
 
-def _explain(err: Exception, repo_id: str, timeout: float) -> tuple[str, ...]:
-    """Cause and advice sentences for an error raised while talking to the hub."""
+def _explain(err: Exception, repo_id: str, timeout: float) -> tuple[Failure, str, str]:
+    """What went wrong, the problem and the fix, for an error raised while talking to the hub."""
     url = f"https://huggingface.co/{repo_id}"
     status = getattr(getattr(err, "response", None), "status_code", None)
     if isinstance(err, OfflineModeIsEnabled):
         return OFFLINE_MODE
     if isinstance(err, GatedRepoError):  # before RepositoryNotFoundError: it is a subclass
-        return (f"The license of {repo_id} has not been accepted for this token.",
+        return (Failure.LICENSE_NOT_ACCEPTED, f"The license of {repo_id} has not been accepted for this token.",
                 f"Accept it at {url} while logged in as the token's account, then run again.")
     if isinstance(err, RepositoryNotFoundError):
-        return (f"{repo_id} was not found on the hub, or this token may not see it.",
+        return (Failure.REPO_NOT_FOUND, f"{repo_id} was not found on the hub, or this token may not see it.",
                 "Check the name (google/gemma-3-270m or google/gemma-3-270m-it) and the token.")
     if isinstance(err, HfHubHTTPError) and status == 401:
-        return ("The Hugging Face token was rejected (HTTP 401).",
+        return (Failure.TOKEN_REJECTED, "The Hugging Face token was rejected (HTTP 401).",
                 ("Create a read token at https://huggingface.co/settings/tokens, then run "
                  "`hf auth login` (or set HF_TOKEN)."))
     if isinstance(err, HfHubHTTPError) and status == 403:
-        return (f"This Hugging Face token may not read {repo_id} (HTTP 403).",
+        return (Failure.TOKEN_FORBIDDEN, f"This Hugging Face token may not read {repo_id} (HTTP 403).",
                 ("Use a read token, or allow a fine-grained token to read public gated "
                  f"repositories, and accept the license at {url}."))
     if isinstance(err, HfHubHTTPError):
-        return (f"The Hugging Face hub answered with an error (HTTP {status}).",
+        return (Failure.HUB_ERROR, f"The Hugging Face hub answered with an error (HTTP {status}).",
                 f"Try again later ({type(err).__name__}: {err}).")
     if isinstance(err, TimeoutError) or "Timeout" in type(err).__name__:
-        return (f"The Hugging Face hub did not answer within {timeout:g} s.",
+        return (Failure.HUB_TIMEOUT, f"The Hugging Face hub did not answer within {timeout:g} s.",
                 "Check the internet connection (or a proxy or firewall) and run again.")
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS):
-        return (f"The downloaded files could not be written to the Hugging Face cache ({err.strerror}).",
+        return (Failure.CACHE_NOT_WRITABLE,
+                f"The downloaded files could not be written to the Hugging Face cache ({err.strerror}).",
                 "Free disk space or fix the permissions of the cache folder (HF_HUB_CACHE), then run again.")
     if isinstance(err, LocalEntryNotFoundError):  # hf_hub_download's "could not connect"
-        return ("The Hugging Face hub could not be reached.",
+        return (Failure.HUB_UNREACHABLE, "The Hugging Face hub could not be reached.",
                 "Check the internet connection and run again.")
-    return ("The Hugging Face hub could not be reached.",
+    return (Failure.HUB_UNREACHABLE, "The Hugging Face hub could not be reached.",
             f"Check the internet connection and run again ({type(err).__name__}: {err}).")

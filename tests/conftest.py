@@ -34,4 +34,4 @@ def offline_folder():
     """The Hugging Face-layout folder converted from the GGUF (built once, then reused)."""
     from gemma3_weights.gguf_convert import offline_weights_folder
 
-    return offline_weights_folder()[0]
+    return offline_weights_folder().folder

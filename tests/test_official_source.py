@@ -3,6 +3,9 @@
 No test here downloads anything: the hub is either unreachable (this machine) or replaced by a
 stub that raises the real huggingface_hub exceptions, or that writes files into a scratch Hugging
 Face cache in either of its layouts (blobs named by sha256 with symlinks to them, or plain copies).
+Outcomes are values: tests check an error's `kind` and fields and a preparation's `action`, and at most
+one key phrase of a message. Nothing is timed: "quickly" is checked as "without calling the hub" or
+"calling it once".
 """
 
 import hashlib
@@ -10,7 +13,6 @@ import importlib
 import json
 import os
 import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,7 +30,10 @@ from safetensors.torch import save
 
 import gemma3_weights
 from gemma3_weights import (
+    Action,
+    Failure,
     OfficialWeightsUnavailable,
+    Preparation,
     WeightsError,
     official,
     prepare_weights,
@@ -81,78 +86,72 @@ def http_error(cls, status):
     return cls(f"{status} Client Error", response=Response(status, request=http.Request("GET", url)))
 
 
-def first_sentence(err) -> str:
-    return str(err).split(". ")[0]  # what prepare_weights("auto") shows the reader
-
-
-def test_no_token_is_decided_at_once_without_network(no_network):
-    start = time.perf_counter()
+def test_no_token_is_decided_without_network(no_network):
     with pytest.raises(OfficialWeightsUnavailable) as err:
         official.official_weights_folder(REPO, timeout=5)
-    assert time.perf_counter() - start < 1
-    assert first_sentence(err.value) == "No Hugging Face token is configured"
-    assert "hf auth login" in str(err.value) and "HF_TOKEN" in str(err.value)
-    assert f"https://huggingface.co/{REPO}" in str(err.value)
-    assert 'source="offline"' in str(err.value) and "needs no account" in str(err.value)
+    assert err.value.kind is Failure.NO_TOKEN
+    assert f"https://huggingface.co/{REPO}" in err.value.fix  # where to accept the license
+    assert OfficialWeightsUnavailable.OFFLINE_HINT in err.value.fix
 
 
-def test_unreachable_hub_for_real_is_decided_within_the_timeout(token):
-    """This machine cannot reach huggingface.co; where it can, the fake token is rejected instead."""
-    start = time.perf_counter()
+def test_unreachable_hub_for_real_is_asked_once(token, monkeypatch):
+    """This machine cannot reach huggingface.co (where it can, the fake token is rejected instead): one
+    question to the hub, bounded by the timeout, no retry, no download."""
+    calls = []
+    real_auth_check = official.auth_check
+    monkeypatch.setattr(official, "auth_check", lambda *a, **k: calls.append(a) or real_auth_check(*a, **k))
+    monkeypatch.setattr(official, "hf_hub_download", fail_if_called)
     with pytest.raises(OfficialWeightsUnavailable) as err:
         official.official_weights_folder(REPO, timeout=2)
-    assert time.perf_counter() - start < 2 + 1
-    assert first_sentence(err.value) in (
-        "The Hugging Face hub could not be reached", "The Hugging Face hub did not answer within 2 s",
-        "The Hugging Face token was rejected (HTTP 401)",
-        f"{REPO} was not found on the hub, or this token may not see it",
-    )
+    assert len(calls) == 1
+    assert err.value.kind in (Failure.HUB_UNREACHABLE, Failure.HUB_TIMEOUT, Failure.TOKEN_REJECTED,
+                              Failure.REPO_NOT_FOUND)
 
 
 def test_hub_that_never_answers_is_given_up_after_the_timeout(token, monkeypatch):
+    """A hung DNS lookup: the question is abandoned after the timeout (were it waited for, the hung call would
+    return after 30 s and the download that follows would fail the test as a hub error, not a timeout)."""
     release = threading.Event()
-    monkeypatch.setattr(official, "auth_check", lambda *a, **k: release.wait(30))  # like a hung DNS lookup
+    monkeypatch.setattr(official, "auth_check", lambda *a, **k: release.wait(30))
     monkeypatch.setattr(official, "hf_hub_download", fail_if_called)
-    start = time.perf_counter()
     try:
         with pytest.raises(OfficialWeightsUnavailable) as err:
             official.official_weights_folder(REPO, timeout=0.5)
     finally:
         release.set()
-    assert time.perf_counter() - start < 0.5 + 1
-    assert first_sentence(err.value) == "The Hugging Face hub did not answer within 0.5 s"
-    assert 'source="offline"' in str(err.value)
+    assert err.value.kind is Failure.HUB_TIMEOUT and "0.5 s" in err.value.problem
 
 
-@pytest.mark.parametrize("error, cause", [
-    (ConnectionError("[Errno -2] Name or service not known"), "The Hugging Face hub could not be reached"),
-    (OfflineModeIsEnabled("offline mode is enabled"), "Hugging Face offline mode is on (HF_HUB_OFFLINE=1)"),
-    (http_error(GatedRepoError, 403), f"The license of {REPO} has not been accepted for this token"),
-    (http_error(RepositoryNotFoundError, 404), f"{REPO} was not found on the hub, or this token may not see it"),
-    (http_error(HfHubHTTPError, 401), "The Hugging Face token was rejected (HTTP 401)"),
-    (http_error(HfHubHTTPError, 403), f"This Hugging Face token may not read {REPO} (HTTP 403)"),
-    (http_error(HfHubHTTPError, 503), "The Hugging Face hub answered with an error (HTTP 503)"),
+@pytest.mark.parametrize("error, kind", [
+    (ConnectionError("[Errno -2] Name or service not known"), Failure.HUB_UNREACHABLE),
+    (OfflineModeIsEnabled("offline mode is enabled"), Failure.OFFLINE_MODE),
+    (http_error(GatedRepoError, 403), Failure.LICENSE_NOT_ACCEPTED),
+    (http_error(RepositoryNotFoundError, 404), Failure.REPO_NOT_FOUND),
+    (http_error(HfHubHTTPError, 401), Failure.TOKEN_REJECTED),
+    (http_error(HfHubHTTPError, 403), Failure.TOKEN_FORBIDDEN),
+    (http_error(HfHubHTTPError, 503), Failure.HUB_ERROR),
 ])
-def test_hub_errors_become_clear_causes(token, monkeypatch, error, cause):
+def test_hub_errors_become_clear_causes(token, monkeypatch, error, kind):
     monkeypatch.setattr(official, "auth_check", raising(error))
     monkeypatch.setattr(official, "hf_hub_download", fail_if_called)
     with pytest.raises(OfficialWeightsUnavailable) as err:
         official.official_weights_folder(REPO, timeout=2)
-    assert first_sentence(err.value) == cause
-    assert 'source="offline"' in str(err.value)
+    assert err.value.kind is kind and err.value.repo_id == REPO
+    assert OfficialWeightsUnavailable.OFFLINE_HINT in err.value.fix
 
 
 def test_gated_error_says_where_to_accept_the_license(token, monkeypatch):
     monkeypatch.setattr(official, "auth_check", raising(http_error(GatedRepoError, 403)))
-    with pytest.raises(OfficialWeightsUnavailable, match=f"Accept it at https://huggingface.co/{REPO}"):
+    with pytest.raises(OfficialWeightsUnavailable) as err:
         official.official_weights_folder(REPO, timeout=2)
+    assert f"https://huggingface.co/{REPO}" in err.value.fix
 
 
 def test_offline_mode_is_decided_without_network(token, no_network, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(OfficialWeightsUnavailable) as err:
         official.official_weights_folder(REPO)
-    assert first_sentence(err.value) == "Hugging Face offline mode is on (HF_HUB_OFFLINE=1)"
+    assert err.value.kind is Failure.OFFLINE_MODE
 
 
 def hub_files():
@@ -215,8 +214,8 @@ def snapshot(repo_id=REPO):
 
 
 def test_missing_files_are_downloaded_into_the_shared_cache_at_the_pinned_revision(hub, token):
-    folder, what = official.official_weights_folder(REPO)
-    assert (folder, what) == (snapshot(), "downloaded")
+    assert official.official_weights_folder(REPO) == Preparation(snapshot(), Action.DOWNLOADED)
+    folder = snapshot()
     assert hub.calls == [(REPO, name, official.REVISIONS[REPO], "hf_not_a_real_token", False)
                          for name in official.FILES]
     assert all((folder / name).read_bytes() == hub.files[name] for name in official.FILES)
@@ -228,21 +227,20 @@ def test_pinned_revisions_are_commit_hashes():
 
 
 def test_a_revision_can_be_asked_for(hub, token):
-    folder, _ = official.official_weights_folder(REPO, revision="main")
+    folder = official.official_weights_folder(REPO, revision="main").folder
     assert folder == snapshot().parent / "main" and {call[2] for call in hub.calls} == {"main"}
 
 
-def test_downloaded_files_are_reused_without_token_or_network(hub, token, monkeypatch):
+def test_downloaded_files_are_reused_without_token_or_network(hub, token, monkeypatch, tmp_path):
     official.official_weights_folder("google/gemma-3-270m-it")
     monkeypatch.delenv("HF_TOKEN")
     for name in ("auth_check", "hf_hub_download", "get_hf_file_metadata"):
         monkeypatch.setattr(official, name, fail_if_called)
-    folder, what = official.official_weights_folder("google/gemma-3-270m-it")
-    assert (folder, what) == (snapshot("google/gemma-3-270m-it"), "already downloaded")
+    prepared = official.official_weights_folder("google/gemma-3-270m-it")
+    assert prepared == Preparation(snapshot("google/gemma-3-270m-it"), Action.ALREADY_DOWNLOADED)
     weights = prepare_weights("official", "google/gemma-3-270m-it")
-    assert (weights.source, weights.instruction_tuned) == ("official", True)
-    assert weights.display_folder == ("Hugging Face cache: models--google--gemma-3-270m-it/snapshots/"
-                                      + official.REVISIONS["google/gemma-3-270m-it"])
+    assert (weights.folder, weights.instruction_tuned) == (prepared.folder, True)
+    assert str(tmp_path) not in weights.reason  # a line for the reader, never a machine path
 
 
 def flip_a_byte_in_the_middle(data):
@@ -271,15 +269,16 @@ def test_a_damaged_cached_file_is_an_error_naming_it_and_the_fix(hub, token, mon
     monkeypatch.setattr(official, "auth_check", raising(ConnectionError("down")))  # hub unreachable
     with pytest.raises(OfficialWeightsUnavailable) as err:
         official.official_weights_folder(REPO, timeout=2)
-    message = str(err.value)
-    assert first_sentence(err.value) == "The Hugging Face hub could not be reached"
-    assert f"The cached copy of {name} of {REPO} is damaged" in message
-    assert f"delete {os.path.realpath(path)}, or run again where the hub can be reached" in message
+    assert err.value.kind is Failure.HUB_UNREACHABLE
+    [damaged] = err.value.damaged
+    assert (damaged.name, damaged.path) == (name, os.path.realpath(path))
+    assert damaged.path in err.value.fix  # the file to delete, named in the message
     if damage is flip_a_byte_in_the_middle:
-        assert "its sha256 is" in message and "the hub's is" in message
+        assert damaged.problem.startswith("its sha256 is")
 
-    with pytest.raises(OfficialWeightsUnavailable, match=f"{name} of {REPO} is damaged"):  # never loaded
+    with pytest.raises(OfficialWeightsUnavailable) as err:  # never loaded
         prepare_weights("official", REPO)
+    assert [d.name for d in err.value.damaged] == [name]
 
 
 @pytest.mark.parametrize("name, damage", DAMAGES)
@@ -287,7 +286,8 @@ def test_a_damaged_cached_file_is_downloaded_again(hub, token, name, damage):
     official.official_weights_folder(REPO)
     (snapshot() / name).write_bytes(damage(hub.files[name]))
     hub.calls.clear()
-    assert official.official_weights_folder(REPO, timeout=2) == (snapshot(), f"downloaded, replacing damaged {name}")
+    assert official.official_weights_folder(REPO, timeout=2) == Preparation(snapshot(), Action.DOWNLOADED,
+                                                                            replaced=(name,))
     assert [(call[1], call[4]) for call in hub.calls] == [(name, True)]  # only that file, forcibly
     assert (snapshot() / name).read_bytes() == hub.files[name]
 
@@ -298,8 +298,8 @@ def test_a_download_that_does_not_match_the_hubs_checksum_is_refused(hub, token,
     monkeypatch.setattr(official, "get_hf_file_metadata", lambda *a, **k: SimpleNamespace(etag="0" * 64))
     with pytest.raises(OfficialWeightsUnavailable) as err:
         official.official_weights_folder(REPO)
-    assert first_sentence(err.value).startswith(f"The downloaded model.safetensors of {REPO} is not usable (its sha256")
-    assert f"Delete {os.path.realpath(snapshot() / 'model.safetensors')} and run again" in str(err.value)
+    assert err.value.kind is Failure.DOWNLOAD_UNUSABLE
+    assert os.path.realpath(snapshot() / "model.safetensors") in err.value.fix  # the file to delete
 
 
 def test_a_plain_copy_without_a_known_checksum_is_not_trusted(tmp_path, no_network):
@@ -307,25 +307,30 @@ def test_a_plain_copy_without_a_known_checksum_is_not_trusted(tmp_path, no_netwo
     folder.mkdir(parents=True)
     for name, data in hub_files().items():
         (folder / name).write_bytes(data)  # e.g. put there by another tool: nothing to check it against
-    with pytest.raises(OfficialWeightsUnavailable, match="No Hugging Face token is configured"):
+    with pytest.raises(OfficialWeightsUnavailable) as err:
         official.official_weights_folder(REPO)
+    assert err.value.kind is Failure.NO_TOKEN
 
 
 def test_auto_without_token_falls_back_to_offline_and_says_why(tmp_path, no_network, monkeypatch):
-    monkeypatch.setattr(gemma3_weights, "offline_weights_folder", lambda: (tmp_path, "stub"))
+    offline = Preparation(tmp_path, Action.REUSED)
+    monkeypatch.setattr(gemma3_weights, "offline_weights_folder", lambda: offline)
+    with pytest.raises(OfficialWeightsUnavailable) as err:
+        official.official_weights_folder(REPO)
     weights = prepare_weights("auto")
-    assert (weights.folder, weights.source, weights.instruction_tuned) == (tmp_path, "offline", False)
-    assert "official weights not used: no Hugging Face token is configured" in weights.reason
-    assert weights.reason.endswith("(stub)")
+    assert (weights.folder, weights.instruction_tuned) == (tmp_path, False)
+    assert err.value.problem.rstrip(".") in weights.reason  # why, in the reader's line
 
 
 def test_official_without_token_raises(tmp_path, no_network, monkeypatch):
     monkeypatch.setattr(gemma3_weights, "offline_weights_folder", fail_if_called)
-    with pytest.raises(OfficialWeightsUnavailable, match="No Hugging Face token is configured"):
+    with pytest.raises(OfficialWeightsUnavailable) as err:
         prepare_weights("official")
+    assert err.value.kind is Failure.NO_TOKEN
 
 
 def test_unknown_source_raises(monkeypatch):
     monkeypatch.setattr(gemma3_weights, "offline_weights_folder", fail_if_called)
-    with pytest.raises(WeightsError, match="Unknown weights source 'nonsense'"):
+    with pytest.raises(WeightsError) as err:
         prepare_weights("nonsense")
+    assert err.value.kind is Failure.UNKNOWN_SOURCE and "'nonsense'" in err.value.problem

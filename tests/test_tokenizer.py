@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 from tokenizers import Tokenizer
 
-from gemma3_weights.errors import WeightsError
+from gemma3_weights import Failure, WeightsError
 from gemma3_weights.gguf_convert import read_gguf
 from gemma3_weights.gguf_tokenizer import tokenizer_from_gguf
 
@@ -155,5 +155,6 @@ def test_documented_ids(ours):
 
 
 def test_missing_tokenizer_fields_raise_weights_error():
-    with pytest.raises(WeightsError, match="tokenizer.ggml.tokens"):
+    with pytest.raises(WeightsError, match="tokenizer.ggml.tokens") as err:
         tokenizer_from_gguf(SimpleNamespace(fields={}))
+    assert err.value.kind is Failure.NO_TOKENIZER
