@@ -10,6 +10,22 @@ os.environ["TQDM_DISABLE"] = "1"
 # would (e.g. on a GPU): expect device lines to differ then.
 os.environ.setdefault("GEMMA3_REPRODUCIBLE", "1")
 
+if os.environ.get("GEMMA3_STANDALONE") == "1":
+    # The notebooks run as a reader runs one opened on its own, without the project's gemma3_weights package
+    # (tests/standalone_kernel/sitecustomize.py blocks it in their kernels) and so without the offline weights:
+    # "auto" then takes the official -it weights from the Hugging Face hub, simulated here by serving the
+    # offline folder, on the CPU (no GPU is visible to them). The outputs nbval compares do not depend on which
+    # of the two the weights are: CI's second pass runs this way.
+    from pathlib import Path
+
+    from gemma3_weights import prepare_weights
+
+    os.environ["GEMMA3_SIMULATED_HUB"] = str(prepare_weights("offline").folder)
+    kernel_path = str(Path(__file__).resolve().parent / "tests" / "standalone_kernel")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (kernel_path, os.environ.get("PYTHONPATH")) if p)
+    os.environ["GEMMA3_REPRODUCIBLE"] = "0"
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
 
 def inductor_builds_here():
     """Whether torch.compile's CPU code can build: its generated C++ uses PyTorch's vectorised kernels, which

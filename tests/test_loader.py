@@ -36,7 +36,7 @@ def assert_refused_unchanged(nb1, cfg, checkpoint, name):
     model = nb1.Gemma3Model(cfg)
     before = snapshot(model)
     with pytest.raises(ValueError, match=re.escape(name)) as err:
-        nb1.load_weights_into_gemma(model, cfg, checkpoint)
+        nb1.load_weights_into_gemma(model, checkpoint)
     assert_unchanged(model, before)  # in particular the tensors before it in loading order
     return str(err.value)
 
@@ -44,7 +44,7 @@ def assert_refused_unchanged(nb1, cfg, checkpoint, name):
 def assert_loaded(nb1, cfg, checkpoint, state_dict):
     """Loading `checkpoint` into a fresh model copies every tensor of `state_dict` into its parameter."""
     model = nb1.Gemma3Model(cfg)
-    nb1.load_weights_into_gemma(model, cfg, checkpoint)
+    nb1.load_weights_into_gemma(model, checkpoint)
     for name, param in model.named_parameters():
         assert torch.equal(param, state_dict[nb1.hf_name_of(name)]), name
 
@@ -79,7 +79,7 @@ def test_misshapen_tensor_copies_nothing(nb1, setup, name):
 def test_head_is_tied_to_embedding(nb1, setup):
     cfg, hf, state_dict = setup
     model = nb1.Gemma3Model(cfg)
-    nb1.load_weights_into_gemma(model, cfg, state_dict)
+    nb1.load_weights_into_gemma(model, state_dict)
     assert model.out_head.weight is model.tok_emb.weight
     assert model.out_head.weight.data_ptr() == model.tok_emb.weight.data_ptr()
     assert torch.equal(model.out_head.weight, hf.lm_head.weight)  # the reference's (tied) head
@@ -97,7 +97,7 @@ def test_checkpoint_of_another_size(nb1, change, tensor):
     cfg = tiny_config(nb1)
     other = hf_state_dict(hf_model(tiny_config(nb1, **change)))
     with pytest.raises(ValueError, match=re.escape(tensor)) as err:
-        nb1.load_weights_into_gemma(nb1.Gemma3Model(cfg), cfg, other)
+        nb1.load_weights_into_gemma(nb1.Gemma3Model(cfg), other)
     message = str(err.value)
     assert "config" in message and "another model size" in message, message
 
@@ -106,7 +106,7 @@ def test_checkpoint_with_more_layers(nb1):
     cfg = tiny_config(nb1)
     other_cfg = tiny_config(nb1, n_layers=7, layer_types=cfg["layer_types"] + ["sliding_attention"])
     with pytest.raises(ValueError, match=re.escape("model.layers.6.")) as err:
-        nb1.load_weights_into_gemma(nb1.Gemma3Model(cfg), cfg, hf_state_dict(hf_model(other_cfg)))
+        nb1.load_weights_into_gemma(nb1.Gemma3Model(cfg), hf_state_dict(hf_model(other_cfg)))
     assert "n_layers" in str(err.value)
 
 

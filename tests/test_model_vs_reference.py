@@ -5,6 +5,8 @@ bases all matter. Both sides compute the same float32 operations, differing only
 order, so they must agree up to float32 rounding (`assert_close_fp32`: 32 ulps of the largest value).
 """
 
+import functools
+
 import pytest
 import torch
 from reference import assert_close_fp32, hf_masks, hf_model, hf_state_dict, tiny_config
@@ -17,7 +19,7 @@ def pair(nb1):
     cfg = tiny_config(nb1)
     hf = hf_model(cfg)
     ours = nb1.Gemma3Model(cfg).eval()
-    nb1.load_weights_into_gemma(ours, cfg, hf_state_dict(hf))
+    nb1.load_weights_into_gemma(ours, hf_state_dict(hf))
     return cfg, ours, hf
 
 
@@ -56,9 +58,11 @@ def test_rope_bases_differ(pair):
 def test_masks(nb1, pair):
     cfg, _, hf = pair
     ref = hf_masks(hf, cfg, SEQ)
-    assert torch.equal(nb1.causal_mask(SEQ), ref["full_attention"])
-    assert torch.equal(nb1.sliding_window_mask(SEQ, cfg["sliding_window"]), ref["sliding_attention"])
-    assert nb1.sliding_window_mask(SEQ, cfg["sliding_window"]).sum(dim=-1).max() == cfg["sliding_window"]
+    positions = torch.arange(SEQ)
+    assert torch.equal(nb1.attention_mask(positions, positions), ref["full_attention"])
+    sliding = nb1.attention_mask(positions, positions, cfg["sliding_window"])
+    assert torch.equal(sliding, ref["sliding_attention"])
+    assert sliding.sum(dim=-1).max() == cfg["sliding_window"]
 
 
 @pytest.mark.parametrize("layer", [0, 2])  # a sliding-window layer and a global layer
@@ -69,7 +73,7 @@ def test_attention(nb1, pair, layer):
     cos, sin = hf_rope(hf, x, SEQ, layer_type)
     mask = hf_masks(hf, cfg, SEQ)[layer_type]
     ref, _ = hf.model.layers[layer].self_attn(x, (cos, sin), torch.where(mask, 0.0, float("-inf"))[None, None])
-    assert_close_fp32(ours.blocks[layer].attn(x, mask, cos[0], sin[0]), ref)
+    assert_close_fp32(ours.blocks[layer].attn(x, cos[0], sin[0], ours.blocks[layer].window), ref)
 
 
 def test_feed_forward(pair):
@@ -88,7 +92,7 @@ def test_block(pair, layer):
     ref = hf.model.layers[layer](x, position_embeddings=(cos, sin),
                                  attention_mask=torch.where(mask, 0.0, float("-inf"))[None, None])
     ref = ref[0] if isinstance(ref, tuple) else ref
-    assert_close_fp32(ours.blocks[layer](x, mask, cos[0], sin[0]), ref)
+    assert_close_fp32(ours.blocks[layer](x, cos[0], sin[0]), ref)
 
 
 @pytest.mark.parametrize("seq", [3, 4, 13, 40])  # shorter than, equal to, and 3-10x the window
@@ -100,12 +104,23 @@ def test_whole_model(pair, seq):
         assert_close_fp32(ours(ids, last_token_only=True), hf(ids).logits[:, -1:])
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 5])  # chunk edges inside, at and across the window of 4
+def test_whole_model_with_queries_in_chunks(nb1, pair, monkeypatch, chunk):
+    # causal_attention takes the queries `chunk` at a time (512 in the notebook), each against only the keys
+    # it can see: with chunks smaller than the window the slicing of keys is exercised on every chunk.
+    cfg, ours, hf = pair
+    monkeypatch.setattr(nb1, "causal_attention", functools.partial(nb1.causal_attention, chunk=chunk))
+    ids = torch.randint(0, cfg["vocab_size"], (2, 17), generator=torch.Generator().manual_seed(chunk))
+    with torch.no_grad():
+        assert_close_fp32(ours(ids), hf(ids).logits)
+
+
 def test_embedding_scale_in_bf16(nb1):
     # In bf16 the reference multiplies by sqrt(640) rounded to bf16: 25.25, not 25.298.
     cfg = tiny_config(nb1, emb_dim=640, n_layers=1, layer_types=["full_attention"], dtype=torch.bfloat16)
     hf = hf_model(cfg)
     ours = nb1.Gemma3Model(cfg)
-    nb1.load_weights_into_gemma(ours, cfg, hf_state_dict(hf))
+    nb1.load_weights_into_gemma(ours, hf_state_dict(hf))
     seen = []
     ours.blocks[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     ids = torch.arange(10)[None]
