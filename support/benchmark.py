@@ -8,18 +8,23 @@ offline GGUF conversion), each in a fresh process so that peak memory is its own
 
 - regular:             notebook 1, no cache; every step runs the whole sequence, head on the last position
 - regular, full head:  the same, with the output head applied to every position (what not to do)
-- regular compiled:    notebook 1 with torch.compile (dynamic shapes; weights frozen on CPU)
+- regular compiled:    notebook 1's model under torch.compile (dynamic shapes, inductor's defaults)
 - KV cache:            notebook 2, static cache, eager
-- KV cache compiled:   notebook 2's compile_decode (weights frozen and a C++ wrapper on CPU)
-- KV cache int8:       notebook 2 with int8 weight-only linear layers and head (its optional section), eager
-                       and compiled
+- KV cache compiled:   notebook 2's compile_decode, called as the notebook calls it
+- KV cache int8:       notebook 2's int8 section: load_quantized reads the file straight into int8 weights
+                       (blocks and the tied head), eager and compiled
 - transformers:        Gemma3ForCausalLM.generate, greedy, its default cache: the baseline
 
 Decode tokens/s excludes the prompt (reported separately as time to first token). Peak memory is
-the process's peak RSS on CPU (weights loading included; psutil, sampled every 10 ms),
-torch.cuda.max_memory_allocated on CUDA. The notebooks' model code is imported from the notebooks
-themselves (support/notebook_import.py), not copied; transformers is built from the same config
-(support/hf_reference.py). Run it from the repository root.
+the process's peak RSS on CPU (weights loading included, the tokenizer not: the prompt is tokenized
+once by the parent process; psutil, sampled every 10 ms),
+torch.cuda.max_memory_allocated on CUDA. Each mode's bandwidth limit is the bytes of weights its
+decode step reads (counted on its model) over the rate of a read-only pass (a sum) over a 1 GiB
+buffer on the same threads. With real weights, each weights format and dtype also gets its
+perplexity on notebook 1's lab passage (921 tokens), computed once in a process of its own after the
+speed runs, with notebook 2's `perplexity` (its uncached forward). The notebooks' model code is
+imported from the notebooks themselves (support/notebook_import.py), not copied; transformers is
+built from the same config (support/hf_reference.py). Run it from the repository root.
 """
 
 from __future__ import annotations
@@ -74,36 +79,77 @@ def run_mode(mode: str, dtype_name: str, new_tokens: int, device_name: str, rand
         from gemma3_weights import prepare_weights
 
         folder = prepare_weights("offline").folder
-        token_ids = torch.tensor([nb.Gemma3Tokenizer(folder / "tokenizer.json").encode(PROMPT)], device=device)
+        # Tokenized by the parent process: the tokenizer (0.3 GB resident for Gemma's 262,144 pieces) is not the
+        # model's memory, and would count in every mode's peak.
+        token_ids = torch.tensor([[int(i) for i in os.environ["BENCHMARK_PROMPT_IDS"].split(",")]], device=device)
 
     if mode == "transformers":
         return run_transformers(cfg, folder, token_ids, new_tokens, device)
 
-    model = notebook_model(nb, dtype, folder).to(device)
-    kwargs = {}
-    if mode == "regular-full-head":
-        # The last position's logits, but computed the wasteful way: the head on every position.
-        original_forward = model.forward
-        model.forward = lambda ids, last_token_only=False: original_forward(ids)[:, -1:]
+    if mode.startswith("kv-cache-int8"):  # never holds the bfloat16 weights: read straight into int8
+        if folder is None:
+            raise SystemExit("the int8 modes read a weights file: run them without --random-weights")
+        model = nb.load_quantized(cfg, folder / "model.safetensors").to(device)
+    else:
+        model = notebook_model(nb, dtype, folder).to(device)
+    step_bytes = weight_bytes(model)
+    generator, kwargs = model, {}
+    if mode == "regular-full-head":  # the last position's logits, computed the wasteful way
+        generator = FullHead(model)
     elif mode == "regular-compiled":
-        torch._inductor.config.freezing = device.type == "cpu"  # as notebook 2's compile_decode does
-        model.forward = torch.compile(model.forward, dynamic=True)
-    if mode.startswith("kv-cache-int8"):
-        nb.quantize_int8_(model)
+        generator = torch.compile(model, dynamic=True)  # generate_text_stream calls it as it calls the model
     if mode in ("kv-cache-compiled", "kv-cache-int8-compiled"):
-        kwargs["decode"] = nb.compile_decode(model, fastest=True)  # the notebook's fastest compile settings
+        kwargs["decode"] = nb.compile_decode(model)  # as the notebook calls it
     if mode.startswith("kv-cache"):  # the cache at its final size from the start: warm-up and run share it
         model.setup_cache(token_ids.shape[1] + new_tokens)
 
     def generate(n):
         stamps = []
-        for _ in nb.generate_text_stream(model, token_ids, n, **kwargs):
+        for _ in nb.generate_text_stream(generator, token_ids, n, **kwargs):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             stamps.append(time.perf_counter())
         return stamps
 
-    return measure(generate, 3 if mode in COMPILED else 2, new_tokens, device)
+    return measure(generate, 3 if mode in COMPILED else 2, new_tokens, device) | {"step_bytes": step_bytes}
+
+
+def weight_bytes(model) -> int:
+    """Bytes of weights a decode step reads: every parameter once (a tied head once) and int8 tables with their
+    scales; RoPE tables and caches aside."""
+    tensors = {id(t): t for t in model.parameters()}
+    tensors |= {id(t): t for name, t in model.named_buffers() if name.endswith(("weight_int8", "scale"))}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+class FullHead:
+    """Notebook 1's model with the output head applied to every position (what not to do); only the last
+    position's logits are returned, as with last_token_only."""
+
+    def __init__(self, model):
+        self.model, self.cfg = model, model.cfg
+
+    def __call__(self, token_ids, last_token_only=False):
+        return self.model(token_ids)[:, -1:]
+
+
+def run_perplexity(weights: str, dtype_name: str, device_name: str) -> dict:
+    """Perplexity of notebook 1's lab passage with notebook 2's model: `weights` "as converted" or "int8"."""
+    import torch
+
+    from gemma3_weights import prepare_weights
+    from support.notebook_import import NOTEBOOK_1, NOTEBOOK_2, import_notebook, notebook_model
+
+    nb = import_notebook(NOTEBOOK_2)
+    passage = getattr(nb, "LAB_PASSAGE", None) or import_notebook(NOTEBOOK_1).LAB_PASSAGE
+    folder = prepare_weights("offline").folder
+    dtype = getattr(torch, dtype_name)
+    if weights == "int8":
+        model = nb.load_quantized(dict(nb.GEMMA3_CONFIG_270M, dtype=dtype), folder / "model.safetensors")
+    else:
+        model = notebook_model(nb, dtype, folder)
+    ids = torch.tensor([nb.Gemma3Tokenizer(folder / "tokenizer.json").encode(passage)], device=device_name)
+    return {"perplexity": nb.perplexity(model.to(device_name), ids), "tokens": ids.shape[1]}
 
 
 def run_transformers(cfg, folder, token_ids, new_tokens, device):
@@ -139,6 +185,8 @@ def run_transformers(cfg, folder, token_ids, new_tokens, device):
         def end(self):
             pass
 
+    step_bytes = weight_bytes(model)
+
     def generate(n):
         streamer = Stamps()
         with torch.no_grad():
@@ -146,7 +194,7 @@ def run_transformers(cfg, folder, token_ids, new_tokens, device):
                            pad_token_id=0, top_p=None, top_k=None)
         return streamer.stamps
 
-    return measure(generate, 2, new_tokens, device)
+    return measure(generate, 2, new_tokens, device) | {"step_bytes": step_bytes}
 
 
 def measure(generate, warmup_tokens, new_tokens, device):
@@ -215,35 +263,22 @@ def machine_description(device_name: str) -> str:
     return f"{what}; torch {torch.__version__}; Python {platform.python_version()}"
 
 
-def copy_bandwidth(device_name: str) -> float:
-    """Bytes per second moved (read + written) by a large tensor copy: the memory system's pace."""
+def read_bandwidth(device_name: str) -> float:
+    """Bytes per second read by a sum over 1 GiB, far larger than any cache, on torch's threads: how decode
+    reads its weights (read-only; a copy would also write, and count its writes)."""
     import torch
 
-    source = torch.empty(256 * 2**20 // 4, dtype=torch.float32, device=device_name)  # 256 MiB
-    target = torch.empty_like(source)
+    buffer = torch.ones(2**30 // 4, dtype=torch.float32, device=device_name)  # 1 GiB, every page touched
     best = float("inf")
     for _ in range(5):
         if device_name == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        target.copy_(source)
+        buffer.sum()
         if device_name == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
-    return 2 * source.numel() * source.element_size() / best
-
-
-def weight_bytes_per_step(dtype_name: str) -> int:
-    """Weights a decode step reads: every matrix once (the embedding as the output head), norms aside."""
-    import torch
-
-    from support.notebook_import import NOTEBOOK_1, import_notebook
-
-    cfg = import_notebook(NOTEBOOK_1).GEMMA3_CONFIG_270M
-    per_layer = (cfg["emb_dim"] * cfg["head_dim"] * (2 * cfg["n_heads"] + 2 * cfg["n_kv_groups"])
-                 + 3 * cfg["emb_dim"] * cfg["hidden_dim"])
-    params = cfg["n_layers"] * per_layer + cfg["vocab_size"] * cfg["emb_dim"]
-    return params * torch.tensor([], dtype=getattr(torch, dtype_name)).element_size()
+    return buffer.numel() * buffer.element_size() / best
 
 
 # ---------------------------------------------------------------- the whole table
@@ -263,12 +298,17 @@ def main():
     parser.add_argument("--from-json", type=Path, help="redraw the table and chart of an earlier --json run")
     parser.add_argument("--timeout", type=float, default=1800,
                         help="seconds one mode may take, compiling included, before it is stopped (default: 1800)")
+    parser.add_argument("--no-perplexity", action="store_true", help="skip the perplexity of each weights format")
     parser.add_argument("--one", nargs=3, metavar=("MODE", "DTYPE", "TOKENS"), help=argparse.SUPPRESS)
+    parser.add_argument("--perplexity-of", nargs=2, metavar=("WEIGHTS", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.one:  # a child process: measure one mode, print JSON
         mode, dtype_name, tokens = args.one
         print("RESULT " + json.dumps(run_mode(mode, dtype_name, int(tokens), args.device, args.random_weights)))
+        return
+    if args.perplexity_of:  # a child process: one perplexity, print JSON
+        print("RESULT " + json.dumps(run_perplexity(*args.perplexity_of, args.device)))
         return
 
     if args.from_json:
@@ -279,39 +319,41 @@ def main():
         return
 
     modes = [m for m in args.modes.split(",") if not (args.no_compile and m in COMPILED)]
+    if not args.random_weights:  # every child generates from these ids (see run_mode)
+        os.environ["BENCHMARK_PROMPT_IDS"] = ",".join(map(str, prompt_ids()))
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
         parser.error(f"unknown mode(s) {unknown}; choose from {MODES}")
     print(f"machine: {machine_description(args.device)}")
-    bandwidth = copy_bandwidth(args.device)
-    print(f"large-copy bandwidth: {bandwidth / 1e9:.1f} GB/s (read + write)\n")
+    bandwidth = read_bandwidth(args.device)
+    print(f"read bandwidth: {bandwidth / 1e9:.1f} GB/s (a sum over 1 GiB)\n")
 
     results = []
     for dtype_name in args.dtypes.split(","):
         for mode in modes:
             if mode.startswith("kv-cache-int8") and dtype_name != "bfloat16":
                 continue  # the int8 kernels take bfloat16 activations; float32 ones are slow and beside the point
+            if mode.startswith("kv-cache-int8") and args.random_weights:
+                continue  # load_quantized reads a weights file
             tokens = args.slow_new_tokens if mode in SLOW else args.new_tokens
             started = time.perf_counter()
-            try:
-                child = subprocess.run(
-                    [sys.executable, "-m", "support.benchmark", "--device", args.device, "--one", mode, dtype_name,
-                     str(tokens)]
-                    + ["--random-weights"] * args.random_weights,
-                    capture_output=True, encoding="utf-8", errors="replace", timeout=args.timeout, cwd=ROOT,
-                    env=os.environ | {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-                                      "PYTHONIOENCODING": "utf-8"})
-            except subprocess.TimeoutExpired:
-                print(f"{mode} {dtype_name}: FAILED, stopped after {args.timeout:.0f} s (raise --timeout)")
+            result = child_result(["--one", mode, dtype_name, str(tokens)], args, f"{mode} {dtype_name}")
+            if result is None:
                 continue
-            lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
-            if child.returncode or not lines:
-                print(f"{mode} {dtype_name}: FAILED\n{child.stderr[-2000:]}")
-                continue
-            result = json.loads(lines[-1][len("RESULT "):]) | {"mode": mode, "dtype": dtype_name}
+            result |= {"mode": mode, "dtype": dtype_name}
             results.append(result)
             print(f"  {LABELS[mode]:34s} {dtype_name:9s} {result['decode_tok_s']:7.1f} tok/s "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
+
+    if not (args.random_weights or args.no_perplexity):  # once per weights format and dtype, after the speed runs
+        for weights, dtype_name in sorted({(weights_of(r["mode"]), r["dtype"]) for r in results}):
+            found = child_result(["--perplexity-of", weights, dtype_name], args, f"perplexity {weights} {dtype_name}")
+            for r in results:
+                if found and (weights_of(r["mode"]), r["dtype"]) == (weights, dtype_name):
+                    r["perplexity"] = found["perplexity"]
+            if found:
+                print(f"  perplexity, {weights} weights, {dtype_name}: {found['perplexity']:.2f} "
+                      f"({found['tokens']} tokens)", flush=True)
 
     print()
     print(table(results, bandwidth, machine_description(args.device)))
@@ -320,6 +362,37 @@ def main():
     if args.json:
         args.json.write_text(json.dumps({"machine": machine_description(args.device), "bandwidth": bandwidth,
                                          "results": results}, indent=2), encoding="utf-8")
+
+
+def prompt_ids() -> list[int]:
+    """PROMPT's token ids, with notebook 2's tokenizer."""
+    from gemma3_weights import prepare_weights
+    from support.notebook_import import NOTEBOOK_2, import_notebook
+
+    folder = prepare_weights("offline").folder
+    return import_notebook(NOTEBOOK_2).Gemma3Tokenizer(folder / "tokenizer.json").encode(PROMPT)
+
+
+def weights_of(mode: str) -> str:
+    return "int8" if mode.startswith("kv-cache-int8") else "as converted"
+
+
+def child_result(arguments, args, what):
+    """Run this module in a fresh process with `arguments`; its RESULT line as a dict, or None (said why)."""
+    try:
+        child = subprocess.run(
+            [sys.executable, "-m", "support.benchmark", "--device", args.device, *arguments]
+            + ["--random-weights"] * args.random_weights,
+            capture_output=True, encoding="utf-8", errors="replace", timeout=args.timeout, cwd=ROOT,
+            env=os.environ | {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONIOENCODING": "utf-8"})
+    except subprocess.TimeoutExpired:
+        print(f"{what}: FAILED, stopped after {args.timeout:.0f} s (raise --timeout)")
+        return None
+    lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
+    if child.returncode or not lines:
+        print(f"{what}: FAILED\n{child.stderr[-2000:]}")
+        return None
+    return json.loads(lines[-1][len("RESULT "):])
 
 
 def chart(results, machine, path):
@@ -345,22 +418,19 @@ def chart(results, machine, path):
 
 def table(results, bandwidth, machine):
     lines = [f"Machine: {machine}",
-             f"Large-copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write).", ""]
-    limits = {}
-    for dtype_name in sorted({r["dtype"] for r in results}):
-        step_bytes = weight_bytes_per_step(dtype_name)
-        limits[dtype_name] = bandwidth / step_bytes
-        lines.append(f"Memory-bandwidth limit, {dtype_name}: {step_bytes / 1e6:.0f} MB of weights per decode step "
-                     f"/ {bandwidth / 1e9:.1f} GB/s = {limits[dtype_name]:.0f} tokens/s.")
-    lines += ["", "| mode | dtype | decode tok/s | vs transformers | of bandwidth limit | time to first token | "
-              "peak memory | tokens |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+             f"Read bandwidth {bandwidth / 1e9:.1f} GB/s (a sum over 1 GiB). A mode's bandwidth limit is the bytes of "
+             "weights its decode step reads over that rate.", "",
+             "| mode | dtype | decode tok/s | vs transformers | weights read per step | of bandwidth limit | "
+             "perplexity | time to first token | peak memory | tokens |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     baseline = {r["dtype"]: r["decode_tok_s"] for r in results if r["mode"] == "transformers"}
     for r in results:
         ratio = f"{r['decode_tok_s'] / baseline[r['dtype']]:.2f}x" if r["dtype"] in baseline else "n/a"
-        limit = limits[r["dtype"]]
+        limit = bandwidth / r["step_bytes"]  # tokens/s if a step did nothing but read its weights once
+        ppl = f"{r['perplexity']:.2f}" if "perplexity" in r else "n/a"
         lines.append(f"| {LABELS[r['mode']]} | {r['dtype']} | {r['decode_tok_s']:.1f} | {ratio} | "
-                     f"{r['decode_tok_s'] / limit:.0%} | {r['ttft_s'] * 1000:.0f} ms | "
-                     f"{r['peak_bytes'] / 1e9:.2f} GB | {r['tokens']} |")
+                     f"{r['step_bytes'] / 1e6:.0f} MB | {r['decode_tok_s'] / limit:.0%} of {limit:.0f} | {ppl} | "
+                     f"{r['ttft_s'] * 1000:.0f} ms | {r['peak_bytes'] / 1e9:.2f} GB | {r['tokens']} |")
     return "\n".join(lines)
 
 
