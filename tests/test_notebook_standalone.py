@@ -1,9 +1,10 @@
 """A notebook opened on its own, without the project's gemma3_weights package beside it.
 
-The weights cell (not an `export` cell: it downloads or converts) is run as the notebook runs it,
-with the package made unimportable: the official weights then come straight from the Hugging Face
-hub through huggingface_hub (simulated here: this machine cannot reach the hub), and the offline
-source says what to get and from where.
+Whole notebooks run that way, top to bottom, in CI's second pass (GEMMA3_STANDALONE=1: see the root
+conftest.py). Here the weights cell (not an `export` cell: it downloads or converts) is run as the
+notebook runs it, with the package made unimportable: the official weights then come straight from the
+Hugging Face hub through huggingface_hub (simulated here: this machine cannot reach the hub), and the
+offline source says what to get and from where; and with the package, as the stored runs use it.
 """
 
 import json
@@ -60,3 +61,13 @@ def test_official_weights_without_a_token_fail_clearly(run_weights_cell, monkeyp
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", refused)
     with pytest.raises(RuntimeError, match=r"Could not download google/gemma-3-270m-it.*401.*hf auth login.*offline"):
         run_weights_cell("auto")
+
+
+def test_with_the_package_the_offline_weights(nb1, offline_folder):
+    """The branch the stored runs take: the package prepares the offline folder, and the names the later cells
+    use are the same as without it."""
+    source = next("".join(c["source"]) for c in json.loads(NOTEBOOK_1.read_text(encoding="utf-8"))["cells"]
+                  if c["cell_type"] == "code" and "from gemma3_weights import prepare_weights" in "".join(c["source"]))
+    namespace = dict(vars(nb1), WEIGHTS_SOURCE="offline", OFFICIAL_REPO="google/gemma-3-270m-it")
+    exec(compile(source, "weights cell", "exec"), namespace)
+    assert (namespace["weights_folder"], namespace["instruction_tuned"]) == (offline_folder, False)

@@ -59,10 +59,10 @@ def test_concept_cells_have_prose_before_them(stored_notebook):
 
 
 def test_pictures_are_stored_as_png(stored_notebook):
-    """Masks and RoPE frequencies in both notebooks; the cache-memory plot in the KV-cache notebook, the lab's
-    chart in the other."""
-    pngs = [o for cell in code_cells(stored_notebook) for o in cell["outputs"] if "image/png" in o.get("data", {})]
-    assert len(pngs) == 3
+    """Every cell that draws (plt.show()) stored its picture."""
+    for cell in code_cells(stored_notebook):
+        if "plt.show()" in "".join(cell["source"]):
+            assert any("image/png" in o.get("data", {}) for o in cell["outputs"]), "".join(cell["source"])[:80]
 
 
 def test_device_and_memory_are_said_aloud(stored_notebook):

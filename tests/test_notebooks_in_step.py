@@ -1,0 +1,48 @@
+"""The two notebooks kept in step: what both define is defined the same way, except where the KV cache
+changes it (each notebook must stand alone, so the shared definitions are written out in both).
+
+A definition is a top-level function, class or constant of an `export` cell, compared as source text.
+"""
+
+import ast
+import json
+
+from support.notebook_import import NOTEBOOK_1, NOTEBOOK_2
+
+INTENDED_DIFFERENCES = {  # name: why notebook 2's differs from notebook 1's
+    "GroupedQueryAttention": "its forward writes the cache and, decoding, attends over the cache's slots",
+    "TransformerBlock": "its forward passes the cache, the positions and the decoding flag to attention",
+    "generate_text_stream": "prefill once, then decode with the cache (and an optional compiled decode)",
+}
+
+
+def definitions(path):
+    """name -> source of each top-level def, class and assignment in the notebook's export cells."""
+    found = {}
+    for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+        if cell["cell_type"] != "code" or "export" not in cell.get("metadata", {}).get("tags", []):
+            continue
+        source = "".join(cell["source"])
+        for node in ast.parse(source).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names = [node.name]
+            elif isinstance(node, ast.Assign):
+                names = [target.id for target in node.targets if isinstance(target, ast.Name)]
+            else:
+                continue
+            for name in names:
+                found[name] = ast.get_source_segment(source, node)
+    return found
+
+
+def test_shared_definitions_are_identical_except_the_intended_ones():
+    first, second = definitions(NOTEBOOK_1), definitions(NOTEBOOK_2)
+    differ = sorted(name for name in set(first) & set(second) if first[name] != second[name])
+    assert differ == sorted(INTENDED_DIFFERENCES), (
+        "Definitions that differ between the notebooks: " + ", ".join(differ)
+        + ". Make them the same, or add the name to INTENDED_DIFFERENCES with the reason.")
+
+
+def test_the_intended_differences_are_definitions_of_both():
+    first, second = definitions(NOTEBOOK_1), definitions(NOTEBOOK_2)
+    assert set(INTENDED_DIFFERENCES) <= set(first) & set(second)
