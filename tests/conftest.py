@@ -30,8 +30,34 @@ def gguf_path():
 
 
 @pytest.fixture(scope="session")
+def gguf_reader(gguf_path):
+    """gguf's reader of that GGUF, opened once per session: parsing its 262,144-token vocabulary takes 5 to 15 s."""
+    from gemma3_weights.gguf_convert import read_gguf
+
+    return read_gguf(gguf_path)
+
+
+@pytest.fixture(scope="session")
 def offline_folder():
     """The Hugging Face-layout folder converted from the GGUF (built once, then reused)."""
     from gemma3_weights.gguf_convert import offline_weights_folder
 
     return offline_weights_folder().folder
+
+
+@pytest.fixture(scope="session")
+def real_model(nb1, nb2, offline_folder):
+    """`real_model("nb1", torch.float32)`: that notebook's model with the real weights, built once per session
+    for each notebook and dtype, then shared. A test that changes a model (quantizes it, edits its config or
+    weights) builds its own with `support.notebook_import.notebook_model` instead."""
+    from support.notebook_import import notebook_model
+
+    notebooks, models = {"nb1": nb1, "nb2": nb2}, {}
+
+    def get(name, dtype):
+        if (name, dtype) not in models:
+            models[name, dtype] = notebook_model(notebooks[name], dtype, offline_folder)
+        return models[name, dtype]
+
+    yield get
+    models.clear()

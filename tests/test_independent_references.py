@@ -11,16 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gemma3_weights import gguf_convert
-
 pytestmark = pytest.mark.slow  # reading the GGUF's metadata alone takes 5 to 15 s here
 
 
 @pytest.fixture(scope="module")
-def gguf_metadata(gguf_path):
-    reader = gguf_convert.read_gguf(gguf_path)
-    fields = {name: field.contents() for name, field in reader.fields.items() if name.startswith("gemma3.")}
-    fields["vocab_size"] = len(reader.fields["tokenizer.ggml.tokens"].data)  # one entry per token
+def gguf_metadata(gguf_reader):
+    fields = {name: field.contents() for name, field in gguf_reader.fields.items() if name.startswith("gemma3.")}
+    fields["vocab_size"] = len(gguf_reader.fields["tokenizer.ggml.tokens"].data)  # one entry per token
     return fields
 
 

@@ -73,8 +73,8 @@ def test_a_damaged_assembled_gguf_is_assembled_again(monkeypatch, tmp_path, gguf
 
 
 @pytest.mark.slow
-def test_hf_names_cover_every_gguf_tensor(gguf_path):
-    names = [gguf_convert.hf_name(t.name) for t in gguf_convert.read_gguf(gguf_path).tensors]
+def test_hf_names_cover_every_gguf_tensor(gguf_reader):
+    names = [gguf_convert.hf_name(t.name) for t in gguf_reader.tensors]
     assert len(names) == len(set(names)) == 236
     with pytest.raises(WeightsError) as err:
         gguf_convert.hf_name("blk.0.ffn_gate_exps.weight")  # a mixture-of-experts tensor: not Gemma 3
@@ -302,13 +302,12 @@ def tiny_gguf(tmp_path_factory):
     return path
 
 
-def assert_manifest_records_what_the_gguf_stores(manifest: dict, gguf_path: Path):
-    """The manifest's tensor records against gguf's own reader of the file, and each record's bytes against
-    the size its type's blocks take (gguf.GGML_QUANT_SIZES: values per block, bytes per block)."""
-    from gguf import GGML_QUANT_SIZES, GGUFReader
+def assert_manifest_records_what_the_gguf_stores(manifest: dict, reader):
+    """The manifest's tensor records against gguf's own reader of the file (`gguf.GGUFReader`), and each
+    record's bytes against the size its type's blocks take (gguf.GGML_QUANT_SIZES: values, bytes per block)."""
+    from gguf import GGML_QUANT_SIZES
 
     recorded = {record["gguf_name"]: (hf, record) for hf, record in manifest["tensors"].items()}
-    reader = GGUFReader(gguf_path)
     assert sorted(recorded) == sorted(t.name for t in reader.tensors)
     for tensor in reader.tensors:
         hf, record = recorded[tensor.name]
@@ -320,20 +319,21 @@ def assert_manifest_records_what_the_gguf_stores(manifest: dict, gguf_path: Path
 
 
 def test_the_manifest_records_each_tensors_gguf_type_and_size(tiny_gguf, tmp_path):
+    from gguf import GGUFReader
     from safetensors.torch import load_file
 
     manifest = gguf_convert.convert_gguf(tiny_gguf, tmp_path / "converted")
     assert manifest == json.loads((tmp_path / "converted" / storage.MANIFEST).read_text(encoding="utf-8"))
-    assert_manifest_records_what_the_gguf_stores(manifest, tiny_gguf)
+    assert_manifest_records_what_the_gguf_stores(manifest, GGUFReader(tiny_gguf))
     assert {record["gguf_type"] for record in manifest["tensors"].values()} == {"Q8_0", "Q5_0", "F32"}
     assert sorted(manifest["tensors"]) == sorted(load_file(tmp_path / "converted" / "model.safetensors"))
 
 
 @pytest.mark.slow  # reads the real GGUF
-def test_the_manifest_records_what_the_real_gguf_stores(offline_folder, gguf_path):
+def test_the_manifest_records_what_the_real_gguf_stores(offline_folder, gguf_reader):
     manifest = storage.read_manifest(offline_folder)
     assert len(manifest["tensors"]) == 236
-    assert_manifest_records_what_the_gguf_stores(manifest, gguf_path)
+    assert_manifest_records_what_the_gguf_stores(manifest, gguf_reader)  # a gguf.GGUFReader of the GGUF
 
 
 @pytest.mark.slow

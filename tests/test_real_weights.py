@@ -17,12 +17,12 @@ import pytest
 import torch
 
 from support.hf_reference import hf_model_from_folder
-from support.notebook_import import notebook_model
 
 pytestmark = pytest.mark.slow  # the real weights: minutes, not seconds
 
 PASSAGE = Path(__file__).resolve().parent / "data" / "passage.txt"
 N_NEW = 50  # greedy tokens compared
+N_NEW_CACHED = 200  # greedy tokens compared with the cached model
 SHORT_PROMPT = 80  # prompt tokens for the test that runs our generator itself
 # bf16 runs over the first 640 tokens only (still 128 past the window): without bf16 instructions
 # a bf16 forward over the whole 922-token passage took 25-60 s per model here. The bf16-specific
@@ -77,11 +77,11 @@ def passage(tokenizer):
 
 
 @pytest.fixture(scope="module")
-def fp32_pair(nb1, offline_folder, tmp_path_factory):
-    ours = notebook_model(nb1, torch.float32, offline_folder)
+def fp32_pair(real_model, offline_folder, tmp_path_factory):
+    ours = real_model("nb1", torch.float32)
     hf = hf_model_from_folder(ours.cfg, offline_folder, tmp_path_factory.mktemp("hf_fp32"))
     yield ours, hf
-    del ours, hf
+    del hf
     gc.collect()
 
 
@@ -96,9 +96,17 @@ def fp32_logits(fp32_pair, passage):
 
 
 @pytest.fixture(scope="module")
-def hf_continuation(fp32_pair, passage):
-    """transformers' 50 greedy tokens after the whole passage."""
-    return hf_greedy(fp32_pair[1], passage, N_NEW)
+def hf_long_continuation(fp32_pair, passage):
+    """transformers' 200 greedy tokens after the whole passage (positions 922..1121: past 1,024, every ring
+    buffer of the cached model wraps)."""
+    return hf_greedy(fp32_pair[1], passage, N_NEW_CACHED)
+
+
+@pytest.fixture(scope="module")
+def hf_continuation(hf_long_continuation):
+    """transformers' 50 greedy tokens after the whole passage: the first 50 of its 200 (greedy decoding
+    computes each token from the ones before it only, so a longer run begins with the shorter one)."""
+    return hf_long_continuation[:N_NEW]
 
 
 def test_real_checkpoint_accounts_for_every_parameter(nb1, fp32_pair, offline_folder):
@@ -160,13 +168,13 @@ def test_generate_text_stream_matches_reference(nb1, fp32_pair, passage, tokeniz
     assert got == expected
 
 
-def test_bf16_top1_agreement(nb1, offline_folder, tmp_path_factory, passage, fp32_logits):
-    ours = notebook_model(nb1, torch.bfloat16, offline_folder)
+def test_bf16_top1_agreement(real_model, offline_folder, tmp_path_factory, passage, fp32_logits):
+    ours = real_model("nb1", torch.bfloat16)
     hf = hf_model_from_folder(ours.cfg, offline_folder, tmp_path_factory.mktemp("hf_bf16"))
     ids = passage[:, :BF16_TOKENS]
     with torch.no_grad():
         ours_bf16, ref_bf16 = ours(ids)[0], hf(ids).logits[0]
-    del ours, hf
+    del hf
     gc.collect()
     ours_fp32, ref_fp32 = (logits[:BF16_TOKENS] for logits in fp32_logits)  # causal: a prefix's logits
     agree = top1_agreement(ours_bf16, ref_bf16)
@@ -180,16 +188,16 @@ def test_bf16_top1_agreement(nb1, offline_folder, tmp_path_factory, passage, fp3
     assert ours_vs_fp32 >= ref_vs_fp32 - BF16_VS_FP32_SLACK
 
 
-def test_kv_cache_generation_matches_uncached_and_reference(nb2, offline_folder, fp32_pair, passage):
+def test_kv_cache_generation_matches_uncached_and_reference(nb2, real_model, passage, hf_long_continuation):
     """The KV-cache notebook on the real weights: 200 greedy tokens after the 922-token passage
     (positions 922..1121, past 1,024; every ring buffer wraps), equal to transformers' generate
     (its own cache) and to the uncached model (teacher-forced: its argmax at each position is the
     next cached token, which by induction is what uncached greedy decoding produces)."""
-    new_tokens = 200
+    new_tokens = N_NEW_CACHED
     assert passage.shape[1] >= 600 and passage.shape[1] + new_tokens > 1024
-    model = notebook_model(nb2, torch.float32, offline_folder)
+    model = real_model("nb2", torch.float32)
     cached = list(nb2.generate_text_stream(model, passage, new_tokens))
-    assert cached == hf_greedy(fp32_pair[1], passage, new_tokens)
+    assert cached == hf_long_continuation
     full = torch.cat([passage, torch.tensor([cached])], dim=1)
     with torch.no_grad():
         uncached_next = model(full[:, :-1])[0, passage.shape[1] - 1:].argmax(dim=-1).tolist()

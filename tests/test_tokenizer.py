@@ -12,7 +12,6 @@ import pytest
 from tokenizers import Tokenizer
 
 from gemma3_weights import Failure, WeightsError
-from gemma3_weights.gguf_convert import read_gguf
 from gemma3_weights.gguf_tokenizer import tokenizer_from_gguf
 
 SEEDS = [
@@ -92,8 +91,8 @@ STRINGS = build_strings()
 
 
 @pytest.fixture(scope="module")
-def ours(gguf_path):
-    return tokenizer_from_gguf(read_gguf(gguf_path))
+def ours(gguf_reader):
+    return tokenizer_from_gguf(gguf_reader)
 
 
 @pytest.fixture(scope="module")
