@@ -278,13 +278,11 @@ def quant_lab(nb2, offline_folder):
 @pytest.mark.slow
 def test_the_quantization_lab_shows_what_the_section_says(quant_lab):
     cost = {label: row["perplexity"] / quant_lab["as converted"]["perplexity"] - 1 for label, row in quant_lab.items()}
-    # Measured on an AVX2 CPU (float32, 30.39 as converted): int8 table +0.1%, blocks +0.4%, everything +0.5%;
-    # int4 g32 table +7.6%, g16 +5.5%, blocks +25.0%, everything +33.9%. Each bound leaves a margin of a third
+    # Measured on an AVX2 CPU (float32, 30.39 as converted): int8 everything +0.5%; int4 g32 table +7.6%,
+    # blocks +25.0%, everything +33.9%. Each bound leaves a margin of a third
     # or more of the value it bounds, far beyond float32 rounding across CPUs (~1e-5 relative on perplexity).
     assert abs(cost["int8 everything"]) < 0.01  # "8 bits are nearly free": well under 1%
-    assert abs(cost["int8 table"]) < 0.01 and abs(cost["int8 blocks"]) < 0.01
     assert 0.02 < cost["int4 g32 table"] < 0.15  # "several percent"
-    assert cost["int4 g16 table"] < cost["int4 g32 table"]  # smaller groups help
     assert 0.15 < cost["int4 g32 blocks"] < 0.40  # "about a quarter"
     assert 0.22 < cost["int4 g32 everything"] < 0.50  # "about a third"
     assert cost["int4 g32 table"] < cost["int4 g32 blocks"]  # the table tolerates rounding better than the blocks
