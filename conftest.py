@@ -10,6 +10,13 @@ os.environ["TQDM_DISABLE"] = "1"
 # would (e.g. on a GPU): expect device lines to differ then.
 os.environ.setdefault("GEMMA3_REPRODUCIBLE", "1")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist (pyproject.toml's -n 2) the workers share the CPU cores: each, and the notebook kernel it
+    # starts, gets its share of PyTorch threads. Two workers of two threads on two cores run 4 threads where 2 fit,
+    # and PyTorch's threads wait for each other at every operation.
+    threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # read when torch is imported: here and in the kernels
+
 if os.environ.get("GEMMA3_STANDALONE") == "1":
     # The notebooks run as a reader runs one opened on its own, without the project's gemma3_weights package
     # (tests/standalone_kernel/sitecustomize.py blocks it in their kernels) and so without the offline weights:
