@@ -14,6 +14,7 @@ import math
 
 import pytest
 import torch
+from reference import random_ids, randomize_norms_, tiny_config
 
 WINDOW, TOKENS = 512, 920
 PERPLEXITY = {  # what the synthetic rows average to: the real run's figures
@@ -102,3 +103,21 @@ def test_the_lab_rows_are_one_edit_each(nb1):
             assert spans == trained_spans and ropes != trained_ropes, name
         if name.startswith("both:"):
             assert spans != trained_spans and ropes != trained_ropes, name
+
+
+def test_each_row_equals_its_model_built_and_loaded_in_full(nb1):
+    """run_lab builds each row on the meta device and hands it one shared float32 copy of the weights: every row's
+    losses must equal those of the edited model built in full and loaded the ordinary way (the same float32
+    operations on the same values: equal to the bit)."""
+    cfg = tiny_config(nb1, dtype=torch.bfloat16)
+    torch.manual_seed(0)
+    model = randomize_norms_(nb1.Gemma3Model(cfg)).eval()
+    ids = random_ids(cfg, 40, seed=1)
+    experiments = {"as designed": {}, "window 4 -> 2": {"sliding_window": 2}, "every layer global":
+                   {"layer_types": ["full_attention"] * cfg["n_layers"]}, "no QK-norm": {"qk_norm": False}}
+    lab = nb1.run_lab(model, ids, experiments)
+    for name, edit in experiments.items():
+        full = nb1.Gemma3Model(dict(cfg, dtype=torch.float32, **edit)).eval()
+        full.load_state_dict(model.state_dict())
+        assert torch.equal(lab[name], nb1.token_losses(full, ids)), name
+    assert len({losses.sum().item() for losses in lab.values()}) == len(experiments)  # each edit changed something
