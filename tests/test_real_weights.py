@@ -4,7 +4,8 @@ Both models read the same model.safetensors (bf16): ours through the notebook's 
 through its own `from_pretrained`. The English passage in data/passage.txt is longer than the
 512-token sliding window, so sliding-window masks, both RoPE bases and the global layers all count.
 
-Run with `pytest -s` to see the measured figures (each test prints its own).
+Run with `python -m pytest -n 0 -s tests/test_real_weights.py` to see the measured figures (each test prints
+its own; -n 0 runs it in this process, where -s can show them).
 
 Timing on this machine (2 cores without bf16 instructions): the module takes 2-3 minutes, most of
 it in the two bf16 forwards (~20 s each) and in our uncached generator's 50 steps (~20 s).
