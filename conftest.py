@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 # nbval's kernels inherit these: no progress bars in compared outputs (huggingface_hub's and tqdm's own switches).
 os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 os.environ["TQDM_DISABLE"] = "1"
@@ -49,9 +51,25 @@ def pytest_collectstart(collector):
         collector.skip_compare += ("stderr",)
 
 
-def pytest_collection_modifyitems(items):
-    import pytest
+# Under pytest-xdist (pyproject.toml: -n 2 --dist loadgroup) the workers take tests one at a time, in order,
+# except that the tests of one group run on one worker: a notebook's cells (one kernel), and tests that share
+# something expensive to build, which is then built once.
+SHARED_FIXTURES = {  # a fixture the tests using it share -> their group
+    "gguf_reader": "gguf_reader",  # parsing its 262,144-token vocabulary takes 5 to 25 s
+    "fp32_pair": "real_weights_vs_transformers",  # test_real_weights: both models, transformers' 200 tokens
+}
 
+
+def xdist_group(item, notebook_cell):
+    if notebook_cell:
+        return item.path.name
+    if item.get_closest_marker("uses_inductor"):
+        return "torch_compile"  # kernels compiled by one test are reused from inductor's cache by the next
+    return next((group for name, group in SHARED_FIXTURES.items() if name in item.fixturenames), None)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+def pytest_collection_modifyitems(items):
     no_inductor = pytest.mark.skip(reason="ATEN_CPU_CAPABILITY=default: inductor's generated C++ does not build "
                                           "('at::vec' has not been declared); the native pass runs this")
     for item in items:
@@ -62,3 +80,6 @@ def pytest_collection_modifyitems(items):
         tags = item.cell.get("metadata", {}).get("tags", []) if notebook_cell else []
         if ("uses-inductor" in tags or item.get_closest_marker("uses_inductor")) and not inductor_builds_here():
             item.add_marker(no_inductor)
+        group = xdist_group(item, notebook_cell)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
