@@ -60,6 +60,17 @@ SHARED_FIXTURES = {  # a fixture the tests using it share -> their group
 }
 
 
+# The three longest parts first, so that the two workers finish together: notebook 2 (about 10 minutes on one
+# thread) on one worker; the real weights against transformers (about 6), then notebook 1 (about 7), on the other.
+# The rest fills in after them.
+LONGEST = ["standalone-gemma3-plus-kvcache.ipynb", "tests/test_real_weights.py", "standalone-gemma3.ipynb"]
+
+
+def run_order(item):
+    path = item.path.relative_to(item.config.rootpath).as_posix()
+    return LONGEST.index(path) if path in LONGEST else len(LONGEST)
+
+
 def xdist_group(item, notebook_cell):
     if notebook_cell:
         return item.path.name
@@ -83,3 +94,4 @@ def pytest_collection_modifyitems(items):
         group = xdist_group(item, notebook_cell)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=run_order)  # stable: within a file, the order it was written in
