@@ -19,12 +19,19 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     os.environ["OMP_NUM_THREADS"] = str(threads)  # read when torch is imported: here and in the kernels
 
-if os.environ.get("GEMMA3_STANDALONE") == "1":
-    # The notebooks run as a reader runs one opened on its own, without the project's gemma3_weights package
-    # (tests/standalone_kernel/sitecustomize.py blocks it in their kernels) and so without the offline weights:
-    # "auto" then takes the official -it weights from the Hugging Face hub, simulated here by serving the
-    # offline folder, on the CPU (no GPU is visible to them). The outputs nbval compares do not depend on which
-    # of the two the weights are: CI's second pass runs this way.
+def pytest_configure(config):
+    starts_workers = bool(getattr(config.option, "numprocesses", None)) and not os.environ.get("PYTEST_XDIST_WORKER")
+    if os.environ.get("GEMMA3_STANDALONE") == "1" and not starts_workers:  # in the processes that start kernels
+        run_notebooks_standalone()
+
+
+def run_notebooks_standalone():
+    """The notebooks run as a reader runs one opened on its own, without the project's gemma3_weights package
+    (tests/standalone_kernel/sitecustomize.py blocks it in every Python started with this PYTHONPATH: the kernels,
+    never the xdist workers, which start before it is set) and so without the offline weights: "auto" then takes
+    the official -it weights from the Hugging Face hub, simulated here by serving the offline folder, on the CPU
+    (no GPU is visible to them). The outputs nbval compares do not depend on which of the two the weights are:
+    CI's second pass runs this way."""
     from pathlib import Path
 
     from gemma3_weights import prepare_weights
@@ -61,7 +68,7 @@ SHARED_FIXTURES = {  # a fixture the tests using it share -> their group
 
 
 # The three longest parts first, so that the two workers finish together: notebook 2 (about 10 minutes on one
-# thread) on one worker; the real weights against transformers (about 6), then notebook 1 (about 7), on the other.
+# thread) on one worker; the real weights against transformers (about 6), then notebook 1 (about 6), on the other.
 # The rest fills in after them.
 LONGEST = ["standalone-gemma3-plus-kvcache.ipynb", "tests/test_real_weights.py", "standalone-gemma3.ipynb"]
 
