@@ -8,9 +8,9 @@ Run with `python -m pytest -n 0 -s tests/test_real_weights.py` to see the measur
 its own; -n 0 runs it in this process, where -s can show them).
 
 Timing on the project's machine (2-core AVX2, no bf16 instructions; one thread, as under the suite's two
-xdist workers): the module takes about 5.5 minutes, 130 s of it in test_bf16_top1_agreement (two bf16
-forwards over 640 tokens: a bf16 matrix product ran at 8 GFLOPS there, float32 at 52), 66 s in the
-cached generation of 200 tokens and 42 s in transformers' own 200 greedy tokens.
+xdist workers): the module takes about 6 minutes, 126 s of it in test_bf16_top1_agreement (two bf16
+forwards over 640 tokens: a (640 x 640) by (640 x 2048) product ran at 8 GFLOPS in bf16 there, at 52 in
+float32), 67 s in the cached generation of 200 tokens and 44 s in transformers' own 200 greedy tokens.
 """
 
 import gc
