@@ -19,6 +19,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     os.environ["OMP_NUM_THREADS"] = str(threads)  # read when torch is imported: here and in the kernels
 
+
 def pytest_configure(config):
     starts_workers = bool(getattr(config.option, "numprocesses", None)) and not os.environ.get("PYTEST_XDIST_WORKER")
     if os.environ.get("GEMMA3_STANDALONE") == "1" and not starts_workers:  # in the processes that start kernels
