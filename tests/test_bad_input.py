@@ -510,6 +510,37 @@ def test_perplexity_of_non_finite_logits(notebook, tiny):
         notebook.perplexity(tiny, prompt(5))
 
 
+class FixedLogits(torch.nn.Module):
+    """A stand-in for the model whose logits are given: (1, t, v), the model's cfg for the id checks."""
+
+    def __init__(self, cfg, logits):
+        super().__init__()
+        self.cfg, self.logits = cfg, logits
+
+    def forward(self, token_ids):
+        return self.logits
+
+
+@pytest.mark.parametrize(("value", "at_next_token", "refused"), [
+    (float("nan"), False, True), (float("inf"), False, True), (float("-inf"), True, True),
+    (float("-inf"), False, False),  # probability 0 for a token that did not come next: an exact, finite loss
+], ids=["nan", "+inf", "-inf on the next token", "-inf elsewhere"])
+def test_token_losses_refuse_every_non_finite_logit_that_changes_a_loss(notebook, tiny, value, at_next_token,
+                                                                        refused):
+    """token_losses checks the t - 1 losses, not the (t - 1, v) logits: each logit that makes a loss wrong is
+    still refused."""
+    ids = prompt(5)
+    logits = torch.zeros(1, 5, tiny.cfg["vocab_size"])
+    next_token = ids[0, 3].item()  # what position 2 predicts
+    logits[0, 2, next_token if at_next_token else (next_token + 1) % tiny.cfg["vocab_size"]] = value
+    model = FixedLogits(tiny.cfg, logits)
+    if refused:
+        with pytest.raises(FloatingPointError):
+            notebook.token_losses(model, ids)
+    else:
+        assert torch.isfinite(notebook.token_losses(model, ids)).all()
+
+
 def test_compare_generations_of_different_lengths(nb2, tiny2):
     """[1, 2, 3] against [1, 2] used to be 'identical for all 2 tokens'."""
     text = nb2.compare_generations(tiny2, P, [1, 2, 3], [1, 2])
