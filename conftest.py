@@ -70,8 +70,8 @@ SHARED_FIXTURES = {  # a fixture the tests using it share -> their group
 
 # The three longest parts first, so that the two workers finish together: the two notebooks at once, one per
 # worker; whichever worker finishes its notebook first then takes the real weights against transformers. On one
-# thread natively notebook 1 takes about 6 minutes, notebook 2 about 10 (three compiles), the real weights about 6;
-# under ATEN_CPU_CAPABILITY=default, where bfloat16 is slowest, about 10, 6 (no compiles) and 8. The rest fills in.
+# thread natively notebook 1 takes about 5 minutes, notebook 2 about 10 (three compiles), the real weights about 6;
+# under ATEN_CPU_CAPABILITY=default, where bfloat16 is slowest, about 8, 6 (no compiles) and 8. The rest fills in.
 LONGEST = ["standalone-gemma3.ipynb", "standalone-gemma3-plus-kvcache.ipynb", "tests/test_real_weights.py"]
 
 
