@@ -31,7 +31,8 @@ def gguf_path():
 
 @pytest.fixture(scope="session")
 def gguf_reader(gguf_path):
-    """gguf's reader of that GGUF, opened once per session: parsing its 262,144-token vocabulary takes 5 to 15 s."""
+    """gguf's reader of that GGUF, opened once per session: parsing its 262,144-token vocabulary takes about 20 s here.
+    Shared with transformers too, where it is the reference (`reference.gguf_parsed_once`)."""
     from gemma3_weights.gguf_convert import read_gguf
 
     return read_gguf(gguf_path)

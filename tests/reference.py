@@ -5,8 +5,11 @@ transformers is a test-only dependency; the notebooks never import it.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+from pathlib import Path
 
+import pytest
 import torch
 
 from support.hf_reference import hf_config
@@ -90,3 +93,23 @@ def hf_masks(hf, cfg, t):
     masks = {"full_attention": create_causal_mask(**kwargs),
              "sliding_attention": create_sliding_window_causal_mask(**kwargs)}
     return {kind: (m if m.dtype == torch.bool else m == 0)[0, 0] for kind, m in masks.items()}
+
+
+@contextlib.contextmanager
+def gguf_parsed_once(reader, path):
+    """While it lasts, transformers' GGUF loading (`from_pretrained(..., gguf_file=...)`) gets `reader`, the
+    session's gguf.GGUFReader of `path`, instead of building its own (it builds one per call, twice per model,
+    and each parses the 262,144-token vocabulary again: about 20 s here). The same class of the same package over
+    the same bytes, which transformers only reads: its results are unchanged. Other files are parsed as before."""
+    import gguf
+
+    parse = gguf.GGUFReader
+
+    def reader_of(file, *args, **kwargs):
+        if Path(file).resolve() == Path(path).resolve() and not args and not kwargs:
+            return reader
+        return parse(file, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gguf, "GGUFReader", reader_of)  # transformers imports it from gguf at each call
+        yield

@@ -9,6 +9,7 @@ transformers' own GGUF loader.
 
 import pytest
 import torch
+from reference import gguf_parsed_once
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow  # reading the GGUF's metadata alone takes 5 to 15 s here
@@ -60,13 +61,14 @@ def test_what_the_gguf_omits_matches_transformers_defaults(notebook):
     }
 
 
-def compare_with_transformers_gguf_loader(converted: dict, gguf_path) -> None:
+def compare_with_transformers_gguf_loader(converted: dict, gguf_path, gguf_reader) -> None:
     """Every converted tensor against transformers' own dequantization of the same GGUF (float32)."""
     from transformers import Gemma3ForCausalLM
     from transformers.utils import logging
 
     logging.disable_progress_bar()
-    model = Gemma3ForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    with gguf_parsed_once(gguf_reader, gguf_path):
+        model = Gemma3ForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     reference = {name: value for name, value in model.state_dict().items() if name != "lm_head.weight"}
     assert sorted(converted) == sorted(reference)
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # tied: no extra tensor
@@ -84,7 +86,7 @@ def compare_with_transformers_gguf_loader(converted: dict, gguf_path) -> None:
     assert not wrong, f"{len(wrong)} of {len(converted)} tensors differ from transformers' GGUF loader: {wrong}"
 
 
-def test_converted_tensors_equal_transformers_gguf_loader(offline_folder, gguf_path):
+def test_converted_tensors_equal_transformers_gguf_loader(offline_folder, gguf_path, gguf_reader):
     converted = load_file(offline_folder / "model.safetensors")
     assert len(converted) == 236 and all(value.dtype == torch.bfloat16 for value in converted.values())
-    compare_with_transformers_gguf_loader(converted, gguf_path)
+    compare_with_transformers_gguf_loader(converted, gguf_path, gguf_reader)
