@@ -136,6 +136,7 @@ def test_decode_round_trips(ours, reference):
     assert not failures, f"{len(failures)} failures, e.g. {failures[:3]}"
 
 
+@pytest.mark.slow  # ours: built from the GGUF's vocabulary, whose parse takes about 20 s
 def test_saved_json_reloads_identically(ours, tmp_path):
     path = tmp_path / "tokenizer.json"
     ours.save(str(path))
@@ -147,6 +148,7 @@ def test_saved_json_reloads_identically(ours, tmp_path):
     assert reloaded.get_vocab_size() == ours.get_vocab_size() == 262_144
 
 
+@pytest.mark.slow  # ours: built from the GGUF's vocabulary, whose parse takes about 20 s
 def test_documented_ids(ours):
     expected = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4, "<start_of_turn>": 105,
                 "<end_of_turn>": 106, "\n": 107, "<0x00>": 238, "<0xFF>": 493}
