@@ -1,6 +1,9 @@
 """Root conftest: how nbval runs the notebooks (the tests' own fixtures live in tests/conftest.py)."""
 
+import contextlib
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -33,8 +36,6 @@ def run_notebooks_standalone():
     the official -it weights from the Hugging Face hub, simulated here by serving the offline folder, on the CPU
     (no GPU is visible to them). The outputs nbval compares do not depend on which of the two the weights are:
     CI's second pass runs this way."""
-    from pathlib import Path
-
     from gemma3_weights import prepare_weights
 
     os.environ["GEMMA3_SIMULATED_HUB"] = str(prepare_weights("offline").folder)
@@ -50,6 +51,25 @@ def inductor_builds_here():
     import torch
 
     return torch.backends.cpu.get_cpu_capability() != "DEFAULT"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    # nbval starts a notebook's kernel in the setup of its first cell, and the two xdist workers start theirs at the
+    # same moment. jupyter_client picks a kernel's TCP ports with no coordination between processes, so both can
+    # take the same free port; the kernel that loses dies ("Address already in use") and nbval reports "Kernel
+    # didn't respond in 60 seconds" for every cell of its notebook (a known race, treebeardtech/nbmake#129, and the
+    # likeliest cause of the one such failure in about a dozen fresh runs here, where two kernels start in 1.3 s
+    # even on a busy CPU). So kernels start one at a time: the lock is held until the kernel answers.
+    starts_kernel = str(item.path).endswith(".ipynb") and getattr(item.parent, "kernel", None) is None
+    with kernel_start_lock() if starts_kernel else contextlib.nullcontext():
+        yield
+
+
+def kernel_start_lock():
+    from filelock import FileLock  # released by the operating system if its process dies
+
+    return FileLock(str(Path(tempfile.gettempdir()) / "gemma3-notebook-kernel-start.lock"))
 
 
 def pytest_collectstart(collector):
