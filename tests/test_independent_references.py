@@ -12,7 +12,7 @@ import torch
 from reference import gguf_parsed_once
 from safetensors.torch import load_file
 
-pytestmark = pytest.mark.slow  # reading the GGUF's metadata alone takes 5 to 15 s here
+pytestmark = pytest.mark.slow  # the GGUF's parse (the gguf_reader fixture) and transformers' loader: tens of seconds
 
 
 @pytest.fixture(scope="module")
