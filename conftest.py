@@ -55,12 +55,9 @@ def inductor_builds_here():
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_setup(item):
-    # nbval starts a notebook's kernel in the setup of its first cell, and the two xdist workers start theirs at the
-    # same moment. jupyter_client picks a kernel's TCP ports with no coordination between processes, so both can
-    # take the same free port; the kernel that loses dies ("Address already in use") and nbval reports "Kernel
-    # didn't respond in 60 seconds" for every cell of its notebook (a known race, treebeardtech/nbmake#129, and the
-    # likeliest cause of the one such failure in about a dozen fresh runs here, where two kernels start in 1.3 s
-    # even on a busy CPU). So kernels start one at a time: the lock is held until the kernel answers.
+    # Kernels start one at a time: jupyter_client picks a kernel's TCP ports with no coordination between processes,
+    # so two xdist workers starting notebooks at once can take the same port, and the loser's cells all fail with
+    # "Kernel didn't respond in 60 seconds" (treebeardtech/nbmake#129; seen once here). Held until the kernel answers.
     starts_kernel = str(item.path).endswith(".ipynb") and getattr(item.parent, "kernel", None) is None
     with kernel_start_lock() if starts_kernel else contextlib.nullcontext():
         yield
@@ -79,36 +76,6 @@ def pytest_collectstart(collector):
         collector.skip_compare += ("stderr",)
 
 
-# Under pytest-xdist (pyproject.toml: -n 2 --dist loadgroup) the workers take tests one at a time, in order,
-# except that the tests of one group run on one worker: a notebook's cells (one kernel), and tests that share
-# something expensive to build, which is then built once.
-SHARED_FIXTURES = {  # a fixture the tests using it share -> their group
-    "gguf_reader": "gguf_reader",  # parsing its 262,144-token vocabulary takes 5 to 25 s
-    "fp32_pair": "real_weights_vs_transformers",  # test_real_weights: both models, transformers' 200 tokens
-}
-
-
-# The three longest parts first, so that the two workers finish together: the two notebooks at once, one per
-# worker; whichever worker finishes its notebook first then takes the real weights against transformers. On one
-# thread natively notebook 1 takes about 5 minutes, notebook 2 about 10 (three compiles), the real weights about 6;
-# under ATEN_CPU_CAPABILITY=default, where bfloat16 is slowest, about 8, 6 (no compiles) and 8. The rest fills in.
-LONGEST = ["standalone-gemma3.ipynb", "standalone-gemma3-plus-kvcache.ipynb", "tests/test_real_weights.py"]
-
-
-def run_order(item):
-    path = item.path.relative_to(item.config.rootpath).as_posix()
-    return LONGEST.index(path) if path in LONGEST else len(LONGEST)
-
-
-def xdist_group(item, notebook_cell):
-    if notebook_cell:
-        return item.path.name
-    if item.get_closest_marker("uses_inductor"):
-        return "torch_compile"  # kernels compiled by one test are reused from inductor's cache by the next
-    return next((group for name, group in SHARED_FIXTURES.items() if name in item.fixturenames), None)
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(items):
     no_inductor = pytest.mark.skip(reason="ATEN_CPU_CAPABILITY=default: inductor's generated C++ does not build "
                                           "('at::vec' has not been declared); the native pass runs this")
@@ -120,7 +87,3 @@ def pytest_collection_modifyitems(items):
         tags = item.cell.get("metadata", {}).get("tags", []) if notebook_cell else []
         if ("uses-inductor" in tags or item.get_closest_marker("uses_inductor")) and not inductor_builds_here():
             item.add_marker(no_inductor)
-        group = xdist_group(item, notebook_cell)
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=run_order)  # stable: within a file, the order it was written in

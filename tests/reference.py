@@ -14,6 +14,7 @@ import torch
 
 from support.hf_reference import hf_config
 
+PASSAGE = Path(__file__).resolve().parent / "data" / "passage.txt"  # English, longer than the 512-token window
 FP32_EPS = torch.finfo(torch.float32).eps  # 1.19e-7: one unit in the last place (ulp) at 1.0
 
 
@@ -58,6 +59,11 @@ def tiny_config(nb, **overrides):
 def random_ids(cfg, length, seed):
     """(1, length) token ids drawn from cfg's vocabulary, the same for the same seed."""
     return torch.randint(0, cfg["vocab_size"], (1, length), generator=torch.Generator().manual_seed(seed))
+
+
+def seeded_randn(*shape, seed=0):
+    """Standard normal values of `shape`, the same for the same seed whatever ran before."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def hf_model(cfg, seed=0):

@@ -29,7 +29,7 @@ from gemma3_weights import (
     storage,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow  # reading a GGUF's 262,144-token vocabulary takes gguf 5 to 15 s

@@ -4,8 +4,8 @@ Both models read the same model.safetensors (bf16): ours through the notebook's 
 through its own `from_pretrained`. The English passage in data/passage.txt is longer than the
 512-token sliding window, so sliding-window masks, both RoPE bases and the global layers all count.
 
-Run with `python -m pytest -n 0 -s tests/test_real_weights.py` to see the measured figures (each test prints
-its own; -n 0 runs it in this process, where -s can show them).
+Run with `python -m pytest -n 0 -s tests/real_weights/test_real_weights.py` to see the measured figures (each
+test prints its own; -n 0 runs it in this process, where -s can show them).
 
 Timing on the project's machine (2-core AVX2, no bf16 instructions; one thread, as under the suite's two
 xdist workers): the module takes about 6 minutes, 126 s of it in test_bf16_top1_agreement (two bf16
@@ -14,16 +14,15 @@ float32), 67 s in the cached generation of 200 tokens and 44 s in transformers' 
 """
 
 import gc
-from pathlib import Path
 
 import pytest
 import torch
+from reference import PASSAGE
 
 from support.hf_reference import hf_model_from_folder
 
 pytestmark = pytest.mark.slow  # the real weights: minutes, not seconds
 
-PASSAGE = Path(__file__).resolve().parent / "data" / "passage.txt"
 N_NEW = 50  # greedy tokens compared
 N_NEW_CACHED = 200  # greedy tokens compared with the cached model
 SHORT_PROMPT = 80  # prompt tokens for the test that runs our generator itself
