@@ -9,7 +9,7 @@ import functools
 
 import pytest
 import torch
-from reference import assert_close_fp32, hf_masks, hf_model, hf_state_dict, tiny_config
+from reference import assert_close_fp32, hf_masks, hf_model, hf_state_dict, seeded_randn, tiny_config
 
 SEQ = 20  # 5x the window of 4
 
@@ -29,7 +29,7 @@ def hf_rope(hf, x, t, layer_type):
 
 def test_rmsnorm(nb1, pair):
     cfg, ours, hf = pair
-    x = torch.randn(2, SEQ, cfg["emb_dim"]) * 3
+    x = seeded_randn(2, SEQ, cfg["emb_dim"]) * 3
     assert_close_fp32(ours.blocks[0].input_layernorm(x), hf.model.layers[0].input_layernorm(x))
 
 
@@ -38,8 +38,8 @@ def test_rope_both_bases(nb1, pair, layer_type):
     cfg, ours, hf = pair
     from transformers.models.gemma3.modeling_gemma3 import apply_rotary_pos_emb
 
-    q = torch.randn(1, cfg["n_heads"], SEQ, cfg["head_dim"])
-    k = torch.randn(1, cfg["n_kv_groups"], SEQ, cfg["head_dim"])
+    q = seeded_randn(1, cfg["n_heads"], SEQ, cfg["head_dim"])
+    k = seeded_randn(1, cfg["n_kv_groups"], SEQ, cfg["head_dim"], seed=1)
     cos, sin = hf_rope(hf, q, SEQ, layer_type)
     ref_q, ref_k = apply_rotary_pos_emb(q, k, cos, sin)
     prefix = "local" if layer_type == "sliding_attention" else "global"
@@ -69,7 +69,7 @@ def test_masks(nb1, pair):
 def test_attention(nb1, pair, layer):
     cfg, ours, hf = pair
     layer_type = cfg["layer_types"][layer]
-    x = torch.randn(2, SEQ, cfg["emb_dim"])
+    x = seeded_randn(2, SEQ, cfg["emb_dim"])
     cos, sin = hf_rope(hf, x, SEQ, layer_type)
     mask = hf_masks(hf, cfg, SEQ)[layer_type]
     ref, _ = hf.model.layers[layer].self_attn(x, (cos, sin), torch.where(mask, 0.0, float("-inf"))[None, None])
@@ -78,7 +78,7 @@ def test_attention(nb1, pair, layer):
 
 def test_feed_forward(pair):
     cfg, ours, hf = pair
-    x = torch.randn(2, SEQ, cfg["emb_dim"])
+    x = seeded_randn(2, SEQ, cfg["emb_dim"])
     assert_close_fp32(ours.blocks[1].ff(x), hf.model.layers[1].mlp(x))
 
 
@@ -86,7 +86,7 @@ def test_feed_forward(pair):
 def test_block(pair, layer):
     cfg, ours, hf = pair
     layer_type = cfg["layer_types"][layer]
-    x = torch.randn(2, SEQ, cfg["emb_dim"])
+    x = seeded_randn(2, SEQ, cfg["emb_dim"])
     cos, sin = hf_rope(hf, x, SEQ, layer_type)
     mask = hf_masks(hf, cfg, SEQ)[layer_type]
     ref = hf.model.layers[layer](x, position_embeddings=(cos, sin),
