@@ -16,12 +16,14 @@ commit it.
 
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
 from nbconvert.preprocessors import CoalesceStreamsPreprocessor
+from traitlets.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository root, where the notebooks are
 NOTEBOOKS = ["standalone-gemma3.ipynb", "standalone-gemma3-plus-kvcache.ipynb"]
@@ -30,8 +32,12 @@ NOTEBOOKS = ["standalone-gemma3.ipynb", "standalone-gemma3-plus-kvcache.ipynb"]
 def run(path: Path, skip_tag: str) -> float:
     notebook = nbformat.read(path, as_version=4)
     start = time.perf_counter()
-    NotebookClient(notebook, timeout=1800, kernel_name="python3", record_timing=False, skip_cells_with_tag=skip_tag,
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    with tempfile.TemporaryDirectory() as sockets:
+        # The kernel talks over local (IPC) sockets in a private folder, not TCP: nothing to eavesdrop on, so the
+        # kernel prints no security warning, and no TCP port to pick.
+        ipc = Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(sockets, "kernel")}})
+        NotebookClient(notebook, timeout=1800, kernel_name="python3", record_timing=False, config=ipc,
+                       skip_cells_with_tag=skip_tag, resources={"metadata": {"path": str(path.parent)}}).execute()
     seconds = time.perf_counter() - start
     notebook, _ = CoalesceStreamsPreprocessor().preprocess(notebook, {})
     notebook.metadata.pop("widgets", None)
