@@ -31,16 +31,21 @@ LOCK_TIMEOUT = 900  # seconds to wait for another process preparing the weights 
 
 
 def checkpoints_dir() -> Path:
-    """Where weights are kept: `checkpoints/` beside this package (git-ignored), or $GEMMA3_CHECKPOINTS."""
-    return Path(os.environ.get(CHECKPOINTS_ENV, Path(__file__).resolve().parent.parent / "checkpoints"))
+    """Where weights are kept: `checkpoints/` beside this package (git-ignored), or $GEMMA3_CHECKPOINTS (`~` expanded;
+    set but empty counts as unset)."""
+    setting = os.environ.get(CHECKPOINTS_ENV, "").strip()
+    return Path(setting).expanduser() if setting else Path(__file__).resolve().parent.parent / "checkpoints"
 
 
 def not_writable(folder: Path, err: OSError) -> WeightsError:
-    return WeightsError(
-        Failure.CHECKPOINTS_NOT_WRITABLE,
-        f"The checkpoints folder {folder} cannot be written ({err.strerror or type(err).__name__}).",
-        f"Make it writable, or set {CHECKPOINTS_ENV} to a writable folder (it holds the prepared weights, "
-        "about 800 MB), then run again.")
+    if folder.exists() and not folder.is_dir():
+        fix = f"It is a file, not a folder: set {CHECKPOINTS_ENV} to a folder (it holds the prepared weights, about "
+        fix += "800 MB), or unset it to use checkpoints/ beside the notebooks, then run again."
+    else:
+        fix = f"Make it writable, or set {CHECKPOINTS_ENV} to a writable folder (it holds the prepared weights, "
+        fix += "about 800 MB), then run again."
+    cause = f"The checkpoints folder {folder} cannot be written ({err.strerror or type(err).__name__})."
+    return WeightsError(Failure.CHECKPOINTS_NOT_WRITABLE, cause, fix)
 
 
 def writable_checkpoints_dir() -> Path:

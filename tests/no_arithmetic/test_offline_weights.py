@@ -379,3 +379,14 @@ def test_no_progress_bars_where_outputs_are_kept(monkeypatch):
     monkeypatch.delenv("TQDM_DISABLE")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     assert storage.progress(items, "x") is not items  # a bar for a person at a terminal
+
+
+def test_the_checkpoints_setting_expands_home_and_an_empty_one_means_the_default(monkeypatch, tmp_path):
+    """`~/gemma3-ckpt` used to create a folder literally named `~`, and an empty value meant the current folder."""
+    from gemma3_weights.storage import checkpoints_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("GEMMA3_CHECKPOINTS", "~/gemma3-ckpt")
+    assert checkpoints_dir() == tmp_path / "gemma3-ckpt"
+    monkeypatch.setenv("GEMMA3_CHECKPOINTS", "")
+    assert checkpoints_dir() == ROOT / "checkpoints"
