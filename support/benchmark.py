@@ -11,7 +11,7 @@ offline GGUF conversion), each in a fresh process so that peak memory is its own
 - regular compiled:    notebook 1's model under torch.compile (dynamic shapes, inductor's defaults)
 - KV cache:            notebook 2, static cache, eager
 - KV cache compiled:   notebook 2's compile_decode, called as the notebook calls it
-- KV cache int8:       notebook 2's int8 section: load_quantized reads the file straight into int8 weights
+- KV cache int8:       the int8 notebook: load_quantized reads the file straight into int8 weights
                        (blocks and the tied head), eager and compiled
 - transformers:        Gemma3ForCausalLM.generate, greedy, its default cache: the baseline
 
@@ -22,7 +22,7 @@ torch.cuda.max_memory_allocated on CUDA. Each mode's bandwidth limit is the byte
 decode step reads (counted on its model) over the rate of a read-only pass (a sum) over a 1 GiB
 buffer on the same threads. With real weights, each weights format and dtype also gets its
 perplexity on notebook 1's lab passage (921 tokens), computed once in a process of its own after the
-speed runs, with notebook 2's `perplexity` (its uncached forward). The notebooks' model code is
+speed runs, with the int8 notebook's `perplexity` (its uncached forward). The notebooks' model code is
 imported from the notebooks themselves (support/notebook_import.py), not copied; transformers is
 built from the same config (support/hf_reference.py). Run it from the repository root.
 """
@@ -64,13 +64,14 @@ SLOW = {"regular", "regular-full-head", "regular-compiled"}  # recompute everyth
 def run_mode(mode: str, dtype_name: str, new_tokens: int, device_name: str, random_weights: bool) -> dict:
     import torch
 
-    from support.notebook_import import NOTEBOOK_1, NOTEBOOK_2, import_notebook, notebook_model
+    from support.notebook_import import NOTEBOOK_1, NOTEBOOK_2, NOTEBOOK_3, import_notebook, notebook_model
 
     PeakRSS.start()  # before anything is loaded: the peak includes loading the weights
     torch.manual_seed(0)
     device = torch.device(device_name)
     dtype = getattr(torch, dtype_name)
-    nb = import_notebook(NOTEBOOK_2 if mode.startswith("kv-cache") else NOTEBOOK_1)
+    notebook = NOTEBOOK_3 if "int8" in mode else NOTEBOOK_2 if mode.startswith("kv-cache") else NOTEBOOK_1
+    nb = import_notebook(notebook)
     cfg = dict(nb.GEMMA3_CONFIG_270M, dtype=dtype)
     if random_weights:  # same shapes, same work per token: for machines without the weights
         folder = None
@@ -134,14 +135,14 @@ class FullHead:
 
 
 def run_perplexity(weights: str, dtype_name: str, device_name: str) -> dict:
-    """Perplexity of notebook 1's lab passage with notebook 2's model: `weights` "as converted" or "int8"."""
+    """Perplexity of notebook 1's lab passage with the int8 notebook's model: `weights` "as converted" or "int8"."""
     import torch
 
     from gemma3_weights import prepare_weights
-    from support.notebook_import import NOTEBOOK_1, NOTEBOOK_2, import_notebook, notebook_model
+    from support.notebook_import import NOTEBOOK_3, import_notebook, notebook_model
 
-    nb = import_notebook(NOTEBOOK_2)
-    passage = getattr(nb, "LAB_PASSAGE", None) or import_notebook(NOTEBOOK_1).LAB_PASSAGE
+    nb = import_notebook(NOTEBOOK_3)
+    passage = nb.LAB_PASSAGE
     folder = prepare_weights("offline").folder
     dtype = getattr(torch, dtype_name)
     if weights == "int8":

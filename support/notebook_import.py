@@ -17,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent  # the repository root, where the notebooks are
 NOTEBOOK_1 = ROOT / "standalone-gemma3.ipynb"
 NOTEBOOK_2 = ROOT / "standalone-gemma3-plus-kvcache.ipynb"
+NOTEBOOK_3 = ROOT / "standalone-gemma3-int8.ipynb"
 
 
 def import_notebook(path: Path, name: str | None = None) -> types.ModuleType:
@@ -33,7 +34,7 @@ def import_notebook(path: Path, name: str | None = None) -> types.ModuleType:
 
 
 def notebook_model(nb, dtype, folder=None):
-    """Either notebook's model in `dtype`, with the real weights of a converted `folder` when given."""
+    """A notebook's model in `dtype`, with the real weights of a converted `folder` when given."""
     cfg = dict(nb.GEMMA3_CONFIG_270M, dtype=dtype)
     model = nb.Gemma3Model(cfg).eval()
     if folder is not None:

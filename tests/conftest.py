@@ -1,6 +1,6 @@
 import pytest
 
-from support.notebook_import import NOTEBOOK_1, NOTEBOOK_2, import_notebook
+from support.notebook_import import NOTEBOOK_1, NOTEBOOK_2, NOTEBOOK_3, import_notebook
 
 
 @pytest.fixture(scope="session")
@@ -13,6 +13,12 @@ def nb1():
 def nb2():
     """The definitions of standalone-gemma3-plus-kvcache.ipynb."""
     return import_notebook(NOTEBOOK_2)
+
+
+@pytest.fixture(scope="session")
+def nb3():
+    """The definitions of standalone-gemma3-int8.ipynb."""
+    return import_notebook(NOTEBOOK_3)
 
 
 @pytest.fixture(params=["nb1", "nb2"])
@@ -47,13 +53,13 @@ def offline_folder():
 
 
 @pytest.fixture(scope="session")
-def real_model(nb1, nb2, offline_folder):
+def real_model(nb1, nb2, nb3, offline_folder):
     """`real_model("nb1", torch.float32)`: that notebook's model with the real weights, built once per session
     for each notebook and dtype, then shared. A test that changes a model (quantizes it, edits its config or
     weights) builds its own with `support.notebook_import.notebook_model` instead."""
     from support.notebook_import import notebook_model
 
-    notebooks, models = {"nb1": nb1, "nb2": nb2}, {}
+    notebooks, models = {"nb1": nb1, "nb2": nb2, "nb3": nb3}, {}
 
     def get(name, dtype):
         if (name, dtype) not in models:

@@ -91,31 +91,31 @@ def render_reference(offline_folder):
 
 @pytest.mark.parametrize("add_generation_prompt", [True, False], ids=["gen-prompt", "no-gen-prompt"])
 @pytest.mark.parametrize("name", list(CONVERSATIONS))
-def test_matches_jinja_template(notebook, render_reference, name, add_generation_prompt):
+def test_matches_jinja_template(nb1, render_reference, name, add_generation_prompt):
     messages = CONVERSATIONS[name]
     expected = render_reference(messages, add_generation_prompt)
-    assert notebook.apply_chat_template(messages, add_generation_prompt=add_generation_prompt) == expected
+    assert nb1.apply_chat_template(messages, add_generation_prompt=add_generation_prompt) == expected
 
 
-def test_default_adds_generation_prompt(notebook):
-    assert notebook.apply_chat_template([user("Hi")]).endswith("<start_of_turn>model\n")
+def test_default_adds_generation_prompt(nb1):
+    assert nb1.apply_chat_template([user("Hi")]).endswith("<start_of_turn>model\n")
 
 
-def test_known_format_literally(notebook):
+def test_known_format_literally(nb1):
     """Spelled out from the documented format, independent of both templates."""
-    assert notebook.apply_chat_template([user("Hi")]) == (
+    assert nb1.apply_chat_template([user("Hi")]) == (
         "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n")
-    assert notebook.apply_chat_template([system("Be brief."), user("Hi"), assistant("Hello."), user("Bye")],
+    assert nb1.apply_chat_template([system("Be brief."), user("Hi"), assistant("Hello."), user("Bye")],
                                         add_generation_prompt=False) == (
         "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n"
         "<start_of_turn>model\nHello.<end_of_turn>\n"
         "<start_of_turn>user\nBye<end_of_turn>\n")
 
 
-def test_model_role_is_an_alias_of_assistant(notebook):
+def test_model_role_is_an_alias_of_assistant(nb1):
     with_model = [user("Hi"), {"role": "model", "content": "Hello."}, user("Bye")]
     with_assistant = [user("Hi"), assistant("Hello."), user("Bye")]
-    assert notebook.apply_chat_template(with_model) == notebook.apply_chat_template(with_assistant)
+    assert nb1.apply_chat_template(with_model) == nb1.apply_chat_template(with_assistant)
 
 
 BAD_CONVERSATIONS = {
@@ -133,10 +133,10 @@ BAD_CONVERSATIONS = {
 
 
 @pytest.mark.parametrize("name", list(BAD_CONVERSATIONS))
-def test_bad_conversations_are_refused(notebook, render_reference, name):
+def test_bad_conversations_are_refused(nb1, render_reference, name):
     messages, pattern = BAD_CONVERSATIONS[name]
     with pytest.raises(ValueError, match=pattern):
-        notebook.apply_chat_template(messages)
+        nb1.apply_chat_template(messages)
     with pytest.raises((TemplateError, ValueError)):  # the reference refuses them too (transformers: [] itself)
         render_reference(messages, True)
 
@@ -146,14 +146,14 @@ def test_bad_conversations_are_refused(notebook, render_reference, name):
     ([system("s"), user("a"), user("b")], 2),  # counted in the list the caller passed, system included
     ([system("s"), user("a"), assistant("b"), {"role": "tool", "content": "c"}], 3),
 ], ids=["no system", "system, then two users", "system, then an unknown role"])
-def test_error_names_the_offending_message(notebook, messages, bad_index):
+def test_error_names_the_offending_message(nb1, messages, bad_index):
     with pytest.raises(ValueError, match=rf"(?i)message {bad_index}\b"):
-        notebook.apply_chat_template(messages)
+        nb1.apply_chat_template(messages)
 
 
-def test_chat_token_ids(notebook, offline_folder):
-    tokenizer = notebook.Gemma3Tokenizer(offline_folder / "tokenizer.json")
-    text = notebook.apply_chat_template([system("Be brief."), user("Hi"), assistant("Hello."), user("Bye")])
+def test_chat_token_ids(nb1, offline_folder):
+    tokenizer = nb1.Gemma3Tokenizer(offline_folder / "tokenizer.json")
+    text = nb1.apply_chat_template([system("Be brief."), user("Hi"), assistant("Hello."), user("Bye")])
     ids = tokenizer.encode(text, add_bos=False)
     assert ids[:2] == [2, 105]  # <bos> <start_of_turn>: <bos> comes from the text, once
     assert ids.count(2) == 1

@@ -22,8 +22,8 @@ def gguf_metadata(gguf_reader):
     return fields
 
 
-def test_config_matches_the_gguf_metadata(notebook, gguf_metadata):
-    cfg = notebook.GEMMA3_CONFIG_270M
+def test_config_matches_the_gguf_metadata(nb1, gguf_metadata):
+    cfg = nb1.GEMMA3_CONFIG_270M
     gguf = {
         "vocab_size": gguf_metadata["vocab_size"],
         "context_length": gguf_metadata["gemma3.context_length"],
@@ -43,14 +43,14 @@ def test_config_matches_the_gguf_metadata(notebook, gguf_metadata):
     assert cfg["rms_norm_eps"] == pytest.approx(gguf_metadata["gemma3.attention.layer_norm_rms_epsilon"], rel=2**-24)
 
 
-def test_what_the_gguf_omits_matches_transformers_defaults(notebook):
+def test_what_the_gguf_omits_matches_transformers_defaults(nb1):
     """The GGUF stores neither the local RoPE base nor the layer pattern (llama.cpp hard-codes them).
 
     transformers' Gemma3TextConfig defaults carry the values shared by every Gemma 3 size.
     """
     from transformers import Gemma3TextConfig
 
-    cfg = notebook.GEMMA3_CONFIG_270M
+    cfg = nb1.GEMMA3_CONFIG_270M
     defaults = Gemma3TextConfig(num_hidden_layers=cfg["n_layers"])
     ours = {key: cfg[key] for key in ("layer_types", "rope_local_base", "rope_base", "query_pre_attn_scalar")}
     assert ours | {"layer_types": list(cfg["layer_types"])} == {

@@ -13,14 +13,16 @@ import sys
 import huggingface_hub
 import pytest
 
-from support.notebook_import import NOTEBOOK_1, NOTEBOOK_2
+from support.notebook_import import NOTEBOOK_1, NOTEBOOK_2, NOTEBOOK_3
 
 
-@pytest.fixture(params=[NOTEBOOK_1, NOTEBOOK_2], ids=["notebook1", "notebook2"])
+@pytest.fixture(params=[("nb1", NOTEBOOK_1), ("nb2", NOTEBOOK_2), ("nb3", NOTEBOOK_3)],
+                ids=["notebook1", "notebook2", "notebook3"])
 def run_weights_cell(request, monkeypatch):
     """Run the notebook's weights cell with these settings, gemma3_weights unimportable; return its variables."""
-    nb = request.getfixturevalue("nb1" if request.param == NOTEBOOK_1 else "nb2")
-    cells = json.loads(request.param.read_text(encoding="utf-8"))["cells"]
+    name, path = request.param
+    nb = request.getfixturevalue(name)
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
     source = next("".join(c["source"]) for c in cells
                   if c["cell_type"] == "code" and "from gemma3_weights import prepare_weights" in "".join(c["source"]))
     monkeypatch.setitem(sys.modules, "gemma3_weights", None)  # `import gemma3_weights` now raises ImportError

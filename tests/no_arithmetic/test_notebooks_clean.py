@@ -1,4 +1,4 @@
-"""The stored_notebook notebooks are what a reader should find: run once top to bottom, clean outputs.
+"""The stored notebooks are what a reader should find: run once top to bottom, clean outputs.
 
 (nbval, configured in pyproject.toml, separately re-runs them and compares their outputs.)
 """
@@ -8,12 +8,12 @@ import re
 
 import pytest
 
-from support.notebook_import import NOTEBOOK_1, NOTEBOOK_2
+from support.notebook_import import NOTEBOOK_1, NOTEBOOK_2, NOTEBOOK_3
 
 MACHINE_PATH = re.compile(r"(/home/|/Users/|/root/|/tmp/|/work/|site-packages|[A-Z]:\\\\Users)")
 
 
-@pytest.fixture(params=[NOTEBOOK_1, NOTEBOOK_2], ids=["notebook1", "notebook2"])
+@pytest.fixture(params=[NOTEBOOK_1, NOTEBOOK_2, NOTEBOOK_3], ids=["notebook1", "notebook2", "notebook3"])
 def stored_notebook(request):
     return json.loads(request.param.read_text(encoding="utf-8"))
 

@@ -1,5 +1,5 @@
-"""The two notebooks kept in step: what both define is defined the same way, except where the KV cache
-changes it (each notebook must stand alone, so the shared definitions are written out in both).
+"""The notebooks kept in step: what two define is defined the same way, except where the KV cache changes it
+(each notebook must stand alone, so the shared definitions are written out in each).
 
 A definition is a top-level function, class or constant of an `export` cell, compared as source text.
 """
@@ -7,7 +7,7 @@ A definition is a top-level function, class or constant of an `export` cell, com
 import ast
 import json
 
-from support.notebook_import import NOTEBOOK_1, NOTEBOOK_2
+from support.notebook_import import NOTEBOOK_1, NOTEBOOK_2, NOTEBOOK_3
 
 INTENDED_DIFFERENCES = {  # name: why notebook 2's differs from notebook 1's
     "GroupedQueryAttention": "its forward writes the cache and, decoding, attends over the cache's slots",
@@ -41,6 +41,17 @@ def test_shared_definitions_are_identical_except_the_intended_ones():
     assert differ == sorted(INTENDED_DIFFERENCES), (
         "Definitions that differ between the notebooks: " + ", ".join(differ)
         + ". Make them the same, or add the name to INTENDED_DIFFERENCES with the reason.")
+
+
+def test_the_int8_notebook_defines_the_cache_notebooks_model_the_same_way():
+    """The int8 notebook writes out the KV-cache notebook's model, generation and loading again, unchanged."""
+    second, third = definitions(NOTEBOOK_2), definitions(NOTEBOOK_3)
+    missing = sorted(name for name in ("Gemma3Model", "KVCache", "setup_cache", "prefill", "decode", "decode_step",
+                                       "load_weights_into_gemma", "generate_text_stream", "compile_decode")
+                     if name not in third)
+    assert not missing, f"the int8 notebook lacks {missing}"
+    differ = sorted(name for name in set(second) & set(third) if second[name] != third[name])
+    assert not differ, "Definitions that differ between the KV-cache and int8 notebooks: " + ", ".join(differ)
 
 
 def test_the_intended_differences_are_definitions_of_both():

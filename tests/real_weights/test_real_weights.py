@@ -185,6 +185,13 @@ def test_bf16_top1_agreement(real_model, offline_folder, tmp_path_factory, passa
     assert ours_vs_fp32 >= ref_vs_fp32 - BF16_VS_FP32_SLACK
 
 
+def test_the_residual_stream_outgrows_float16(nb1, fp32_pair, passage):
+    """Why notebook 1 refuses float16: on the real weights the stream's largest value passes float16's 65,504."""
+    largest = max(x.abs().max().item() for x in nb1.block_outputs(fp32_pair[0], passage))
+    print(f"\n[residual stream] largest magnitude {largest:,.0f}")
+    assert largest > torch.finfo(torch.float16).max
+
+
 def test_kv_cache_generation_matches_uncached_and_reference(nb2, real_model, passage, hf_continuation):
     """The KV-cache notebook on the real weights: 200 greedy tokens after the 922-token passage (positions
     922..1121, past 1,024; every ring buffer wraps), equal to transformers' generate (its own cache), and so to

@@ -1,24 +1,29 @@
-"""A sweep of the notebooks' entry points with bad values: each is refused where the call enters the
-notebook's code, with a message that names the argument (or the bad value), never with an error from
-deep inside torch or another library.
+"""Every refusal, in one table: each bad input is refused where the reader's call enters the notebook's code, with a
+message that names the argument or the cause (never an error from deep inside torch or another library), and
+before any state changes.
 
-One table: (entry point, notebooks, the call with one bad value, the name the message must hold).
-A new entry point, or a new argument of an existing one, joins the table with at least one row.
-The detailed cases (what the right result is where an input is unusual but valid) are in
-tests/test_bad_input.py; this table asserts only that every door is guarded.
+A row: (entry point, the bad value, the call with it, what the message must name, the notebooks it runs in). Each
+row asserts the exception type and one key phrase, never a whole sentence, so the wording can improve without
+breaking the table; a row's `after` asserts the state the refusal left. Definitions that the notebooks share are
+byte-identical (tests/no_arithmetic/test_notebooks_in_step.py), so a row runs in one notebook: notebook 1 for the
+model and generation, notebook 2 for the cache and its generation, notebook 3 for int8. What the right result is
+where an input is unusual but valid is in tests/tiny_models/test_unusual_input.py. `generate_text_stream` is a
+generator: its checks run at the first `next()`, so the rows consume it.
 """
 
+import json
 from dataclasses import dataclass, field
 
 import pytest
 import torch
 from reference import hf_model, hf_state_dict, tiny_config
+from safetensors.torch import save_file
 
-P = torch.tensor([[5, 6, 7, 8]])  # positions 0..3 of tiny_config's 257-token vocabulary
+P = torch.tensor([[5, 6, 7, 8]])  # positions 0..3 of tiny_config's 257-token vocabulary (context length 96)
 
 
 class Context:
-    """What a row's call needs: the notebook, a tiny model, and the real tokenizer when asked for."""
+    """What a row's call needs: the notebook, a tiny model, files in a scratch folder, the real tokenizer."""
 
     def __init__(self, nb, request):
         self.nb, self._request = nb, request
@@ -26,42 +31,80 @@ class Context:
         self.cfg = tiny_config(nb)
         self.model = nb.Gemma3Model(self.cfg).eval()
 
-    def with_cache(self):
-        """The model with an empty cache for one row of up to 16 positions."""
-        self.model.setup_cache(16)
+    def fixture(self, name):
+        return self._request.getfixturevalue(name)
+
+    def build(self, **edit):
+        return self.nb.Gemma3Model(dict(self.cfg, **edit))
+
+    def real_config(self, **edit):
+        return self.nb.Gemma3Model(dict(self.nb.GEMMA3_CONFIG_270M, dtype=torch.bfloat16, **edit))
+
+    def with_cache(self, max_seq_len=16):
+        self.model.setup_cache(max_seq_len)
         return self.model
 
-    def cached(self):
+    def cached(self, max_seq_len=16):
         """The model with a cache for one row, prompt P prefilled: the next position is 4."""
-        self.with_cache().prefill(P)
+        self.with_cache(max_seq_len).prefill(P)
         return self.model
+
+    def decode(self, token_ids, position, max_seq_len=16):
+        return self.cached(max_seq_len).decode(torch.tensor(token_ids), position)
 
     @property
     def tokenizer(self):
-        folder = self._request.getfixturevalue("offline_folder")
-        return self.nb.Gemma3Tokenizer(folder / "tokenizer.json")
+        return self.nb.Gemma3Tokenizer(self.fixture("offline_folder") / "tokenizer.json")
 
     def generate(self, max_new_tokens=2, token_ids=P, **kwargs):
         return list(self.nb.generate_text_stream(self.model, token_ids, max_new_tokens, **kwargs))
 
-    def sample(self, **kwargs):
-        logits = torch.randn(1, 50, generator=torch.Generator().manual_seed(0))
+    def two_streams(self):
+        first = self.nb.generate_text_stream(self.model, P, 5)
+        next(first)
+        next(self.nb.generate_text_stream(self.model, torch.tensor([[9, 10]]), 5))  # uses the same cache
+        next(first)
+
+    def sample(self, logits=None, **kwargs):
+        logits = torch.randn(1, 50, generator=torch.Generator().manual_seed(0)) if logits is None else logits
         return self.nb.sample_next_token(logits, **dict(dict(temperature=1.0), **kwargs))
 
-    def compiled_decode(self, token_ids, position):
-        decode = self.nb.compile_decode(self.model)
-        self.cached()
+    def with_nan_logits(self):
         with torch.no_grad():
-            return decode(token_ids, position)
+            self.model.final_norm.weight.fill_(float("inf"))  # inf * 0 somewhere: NaN logits, as an overflow gives
+        return self.model
 
-    def load(self, state_dict):
-        return self.nb.load_weights_into_gemma(self.model, state_dict)
+    def compiled_decode(self, position, max_seq_len=16, steps=()):
+        decode = self.nb.compile_decode(self.model)
+        self.cached(max_seq_len)
+        with torch.no_grad():
+            for step in steps:
+                decode(torch.tensor([[9]]), torch.tensor([step]))
+            return decode(torch.tensor([[9]]), torch.tensor([position]))
+
+    def load(self, checkpoint, model=None):
+        return self.nb.load_weights_into_gemma(model or self.model, checkpoint)
+
+    def file(self, contents=None, name="model.safetensors"):
+        """A path in a scratch folder: a saved tiny checkpoint, given bytes, or nothing there."""
+        path = self.fixture("tmp_path") / name
+        if contents == "checkpoint":
+            save_file(hf_state_dict(hf_model(self.cfg)), str(path))
+        elif contents is not None:
+            path.write_bytes(contents)
+        return path
+
+    def setenv(self, name, value):
+        self.fixture("monkeypatch").setenv(name, str(value))
 
 
-def prepare_weights(source):
-    from gemma3_weights import prepare_weights
+def other_size(c, **edit):
+    return hf_state_dict(hf_model(tiny_config(c.nb, **edit)))
 
-    return prepare_weights(source)
+
+def int8_model(c):
+    c.model = c.nb.quantize_int8_(c.model)
+    return hf_state_dict(hf_model(c.cfg))
 
 
 def weights_error():
@@ -70,13 +113,23 @@ def weights_error():
     return WeightsError
 
 
-def other_emb_dim(c):
-    return hf_state_dict(hf_model(tiny_config(c.nb, emb_dim=32)))  # the model's emb_dim is 48
+def prepare_weights(source):
+    from gemma3_weights import prepare_weights
+
+    return prepare_weights(source)
 
 
-def int8_model(c):
-    c.model = c.nb.quantize_int8_(c.model)
-    return hf_state_dict(hf_model(c.cfg))
+def bf16_without_gpu_support(c):
+    c.fixture("monkeypatch").setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    return c.nb.check_dtype(torch.device("cuda"), torch.bfloat16)  # a device object only: nothing is allocated
+
+
+def unchanged(c):
+    """The model's weights are those it was built with: a refused load copied nothing (the shapes of every tensor
+    are checked before the first copy)."""
+    torch.manual_seed(0)
+    built = c.nb.Gemma3Model(c.cfg)
+    assert all(torch.equal(p, q) for p, q in zip(c.model.parameters(), built.parameters(), strict=True))
 
 
 @dataclass
@@ -85,60 +138,207 @@ class Row:
     bad: str  # the bad value, for the test's id
     call: object  # Context -> the call
     name: str  # what the message must name (a regular expression, case-insensitive)
-    notebooks: tuple = ("nb1", "nb2")
-    errors: object = ValueError  # or a function returning a tuple of exception types
+    notebooks: tuple = ("nb1",)
+    errors: object = ValueError  # or a function returning the exception types
+    after: object = None  # Context -> None: asserts the state the refusal left
     marks: list = field(default_factory=list)
 
 
+NB2, NB3, GEN = ("nb2",), ("nb3",), ("nb1", "nb2")  # generate_text_stream differs: with and without the cache
 SLOW_COMPILE = [pytest.mark.slow, pytest.mark.uses_inductor]
-NB2 = ("nb2",)
 
-TABLE = [
-    Row("Gemma3Model(cfg)", "rope_base=0", lambda c: c.nb.Gemma3Model(dict(c.cfg, rope_base=0)), "rope_base"),
-    Row("Gemma3Model(cfg)", "qk_norm='no'", lambda c: c.nb.Gemma3Model(dict(c.cfg, qk_norm="no")), "qk_norm"),
-    Row("Gemma3Model(cfg)", "sliding_window=None", lambda c: c.nb.Gemma3Model(dict(c.cfg, sliding_window=None)),
-        "sliding_window"),
-    Row("Gemma3Model(cfg)", "dtype='bfloat16'", lambda c: c.nb.Gemma3Model(dict(c.cfg, dtype="bfloat16")), "dtype"),
-    Row("forward", "float ids", lambda c: c.model(torch.tensor([[5.0, 6.0]])), "token"),
-    Row("forward", "id = vocab_size", lambda c: c.model(torch.tensor([[5, 257]])), "token"),
-    Row("forward", "a list", lambda c: c.model([[5, 6]]), "token"),
-    Row("setup_cache", "max_seq_len=10.5", lambda c: c.model.setup_cache(10.5), "max_seq_len", NB2),
-    Row("setup_cache", "batch_size=0", lambda c: c.model.setup_cache(16, batch_size=0), "batch_size", NB2),
-    Row("prefill", "float ids", lambda c: c.with_cache().prefill(P.float()), "token", NB2),
-    Row("prefill", "batch of 2 into a cache for 1",
-        lambda c: c.with_cache().prefill(torch.cat([P, P])), "batch", NB2),
-    Row("decode", "position -1", lambda c: c.cached().decode(torch.tensor([[9]]), torch.tensor([-1])),
-        "position", NB2),
-    Row("decode", "position skipped", lambda c: c.cached().decode(torch.tensor([[9]]), torch.tensor([5])),
-        "position", NB2),
-    Row("decode", "id = vocab_size", lambda c: c.cached().decode(torch.tensor([[257]]), torch.tensor([4])),
-        "token", NB2),
-    Row("compile_decode(model)", "position skipped",
-        lambda c: c.compiled_decode(torch.tensor([[9]]), torch.tensor([5])), "position", NB2, marks=SLOW_COMPILE),
-    Row("generate_text_stream", "max_new_tokens=2.5", lambda c: c.generate(2.5), "max_new_tokens"),
-    Row("generate_text_stream", "temperature='0.7'", lambda c: c.generate(temperature="0.7"), "temperature"),
-    Row("generate_text_stream", "top_k=2.5", lambda c: c.generate(temperature=1.0, top_k=2.5), "top_k"),
-    Row("generate_text_stream", "top_p=0", lambda c: c.generate(temperature=1.0, top_p=0.0), "top_p"),
-    Row("generate_text_stream", "seed=1.5", lambda c: c.generate(temperature=1.0, seed=1.5), "seed"),
-    Row("generate_text_stream", "token_ids of 2 rows", lambda c: c.generate(token_ids=torch.cat([P, P])), "batch"),
-    Row("sample_next_token", "temperature=nan", lambda c: c.sample(temperature=float("nan")), "temperature"),
-    Row("sample_next_token", "temperature=None", lambda c: c.sample(temperature=None), "temperature"),
-    Row("sample_next_token", "top_k=2.5", lambda c: c.sample(top_k=2.5), "top_k"),
-    Row("sample_next_token", "top_p=1.5", lambda c: c.sample(top_p=1.5), "top_p"),
-    Row("perplexity", "one token", lambda c: c.nb.perplexity(c.model, P[:, :1]), "2 tokens|two"),
+CONFIG = [
+    Row("Gemma3Model(cfg)", "a misspelt key", lambda c: c.build(sliding_windows=2),
+        "unknown key 'sliding_windows' \\(did you mean 'sliding_window'\\?\\)"),
+    Row("Gemma3Model(cfg)", "no dtype", lambda c: c.nb.Gemma3Model(c.nb.GEMMA3_CONFIG_270M), "dtype is missing"),
+    *[Row("Gemma3Model(cfg)", bad, lambda c, edit=edit: c.build(**edit), name) for bad, edit, name in [
+        ("layer_types too long", dict(n_layers=5), "layer_types"),
+        ("layer_types too short", dict(layer_types=["sliding_attention", "full_attention"]), "layer_types"),
+        ("an unknown layer type", dict(layer_types=["sliding_attention"] * 5 + ["global"]), "layer_types"),
+        ("n_heads not a multiple", dict(n_kv_groups=3), "n_kv_groups"),
+        ("odd head_dim", dict(head_dim=15), "head_dim"),
+        ("sliding_window=0", dict(sliding_window=0), "sliding_window"),
+        ("sliding_window=4.5", dict(sliding_window=4.5), "sliding_window"),
+        ("sliding_window=None", dict(sliding_window=None), "sliding_window"),
+        ("emb_dim=48.0", dict(emb_dim=48.0), "emb_dim"),
+        ("zero layers", dict(n_layers=0, layer_types=[]), "n_layers"),
+        ("rope_base=0", dict(rope_base=0), "rope_base"),
+        ("rope_base=-1", dict(rope_base=-1), "rope_base"),
+        ("rope_local_base=0", dict(rope_local_base=0), "rope_local_base"),
+        ("rope_types too short", dict(rope_types=["local"]), "rope_types"),
+        ("qk_norm='no'", dict(qk_norm="no"), "qk_norm"),
+        ("scale_embeddings=1", dict(scale_embeddings=1), "scale_embeddings"),
+        ("query_pre_attn_scalar=-256", dict(query_pre_attn_scalar=-256), "query_pre_attn_scalar"),
+        ("query_pre_attn_scalar=0", dict(query_pre_attn_scalar=0), "query_pre_attn_scalar"),
+        ("rms_norm_eps=0", dict(rms_norm_eps=0), "rms_norm_eps"),
+        ("dtype='bfloat16'", dict(dtype="bfloat16"), "dtype"),
+        ("dtype=torch.int8", dict(dtype=torch.int8), "dtype"),
+        ("dtype=torch.float16", dict(dtype=torch.float16), "float16 overflows"),
+    ]],
+    Row("Gemma3Model(cfg)", "the 270M config, n_layers=12", lambda c: c.real_config(n_layers=12), "layer_types"),
+    Row("check_dtype", "bfloat16 on a GPU without it", bf16_without_gpu_support, "float32"),
+]
+
+TOKEN_IDS = [
+    *[Row("forward", bad, lambda c, ids=ids: c.model(ids), name) for bad, ids, name in [
+        ("float ids", torch.tensor([[5.0, 6.0]]), "integer tensor"),
+        ("a list", [[5, 6]], "tensor"),
+        ("no tokens", torch.zeros(1, 0, dtype=torch.long), r"\(1, 0\)"),
+        ("1-D", torch.arange(5, 8), "shape"),
+        ("3-D", torch.arange(5, 8).reshape(1, 1, 3), "shape"),
+        ("id -1", torch.tensor([[5, -1, 7]]), r"0\.\.256"),
+        ("id = vocab_size", torch.tensor([[5, 257]]), r"0\.\.256"),
+        ("id far too large", torch.tensor([[5, 10**6]]), r"0\.\.256"),
+        ("past the context", torch.arange(97)[None] % 200, "context length"),
+    ]],
+    Row("forward", "a float16 model (model.half())", lambda c: c.model.half()(P), "float16"),
+    Row("perplexity", "one token", lambda c: c.nb.perplexity(c.model, P[:, :1]), "2 tokens"),
+    Row("perplexity", "a batch of 2", lambda c: c.nb.perplexity(c.model, torch.cat([P, P])), "one text"),
+    Row("perplexity", "NaN logits", lambda c: c.nb.perplexity(c.with_nan_logits(), P), "NaN",
+        errors=FloatingPointError),
+    Row("logit_lens", "a batch of 2", lambda c: c.nb.logit_lens(c.model, torch.cat([P, P])), "one text"),
+    Row("run_lab", "a row editing hidden_dim", lambda c: c.nb.run_lab(c.model, P, {"x": {"hidden_dim": 64}}),
+        "hidden_dim"),
+    Row("run_lab", "a misspelt key", lambda c: c.nb.run_lab(c.model, P, {"x": {"sliding_windw": 2}}),
+        "did you mean 'sliding_window'"),
+]
+
+GENERATION = [
+    *[Row("generate_text_stream", bad, lambda c, kwargs=kwargs: c.generate(**kwargs), name, GEN)
+      for bad, kwargs, name in [
+          ("max_new_tokens=0", dict(max_new_tokens=0), "max_new_tokens"),
+          ("max_new_tokens=-1", dict(max_new_tokens=-1), "max_new_tokens"),
+          ("max_new_tokens=2.5", dict(max_new_tokens=2.5), "max_new_tokens"),
+          ("max_new_tokens='3'", dict(max_new_tokens="3"), "max_new_tokens"),
+          ("max_new_tokens=True", dict(max_new_tokens=True), "max_new_tokens"),
+          ("prompt plus new tokens past the context", dict(max_new_tokens=93), "context length"),
+          ("no tokens", dict(token_ids=torch.zeros(1, 0, dtype=torch.long)), r"\(1, 0\)"),
+          ("token_ids of 2 rows", dict(token_ids=torch.cat([P, P])), "one text"),
+          ("stop_ids of strings", dict(stop_ids=["<eos>"]), "stop_ids"),
+          ("temperature=-1", dict(temperature=-1), "temperature"),
+          ("temperature=inf", dict(temperature=float("inf")), "temperature"),
+          ("temperature=nan", dict(temperature=float("nan")), "temperature"),
+          ("temperature='0.7'", dict(temperature="0.7"), "temperature"),
+          ("temperature=None", dict(temperature=None), "temperature"),
+          ("top_k=2.5", dict(temperature=1.0, top_k=2.5), "top_k"),
+          ("top_p=0", dict(temperature=1.0, top_p=0.0), "top_p"),
+          ("seed=1.5", dict(temperature=1.0, seed=1.5), "seed"),
+          ("seed=2**70", dict(temperature=1.0, seed=2**70), "seed"),
+          ("seed='7'", dict(temperature=1.0, seed="7"), "seed"),
+      ]],
+    Row("generate_text_stream", "NaN logits", lambda c: (c.with_nan_logits(), c.generate()), "NaN", GEN,
+        errors=FloatingPointError),
+    Row("generate_text_stream", "a second live stream on the model", lambda c: c.two_streams(),
+        "another generation", NB2, errors=RuntimeError),
+    *[Row("sample_next_token", bad, lambda c, kwargs=kwargs: c.sample(**kwargs), name) for bad, kwargs, name in [
+        ("top_k=0", dict(top_k=0), "top_k"),
+        ("top_k=-1", dict(top_k=-1), "top_k"),
+        ("top_k=2.5", dict(top_k=2.5), "top_k"),
+        ("top_p=0", dict(top_p=0.0), "top_p"),
+        ("top_p=-0.1", dict(top_p=-0.1), "top_p"),
+        ("top_p=1.5", dict(top_p=1.5), "top_p"),
+        ("temperature=nan", dict(temperature=float("nan")), "temperature"),
+        ("temperature=None", dict(temperature=None), "temperature"),
+        ("(b, t, v) logits", dict(logits=torch.zeros(1, 3, 50)), "logits"),
+    ]],
+    Row("sample_next_token", "a NaN logit", lambda c: c.sample(logits=torch.tensor([[0.0, float("nan"), 1.0]])),
+        "NaN", errors=FloatingPointError),
+]
+
+CACHE = [
+    *[Row("setup_cache", bad, lambda c, kwargs=kwargs: c.model.setup_cache(**kwargs), name, NB2)
+      for bad, kwargs, name in [
+          ("max_seq_len=10.5", dict(max_seq_len=10.5), "max_seq_len"),
+          ("max_seq_len=0", dict(max_seq_len=0), "max_seq_len"),
+          ("max_seq_len past the context", dict(max_seq_len=97), "max_seq_len"),
+          ("batch_size=0", dict(max_seq_len=16, batch_size=0), "batch_size"),
+          ("batch_size=1.5", dict(max_seq_len=16, batch_size=1.5), "batch_size"),
+          ("batch_size=-1", dict(max_seq_len=16, batch_size=-1), "batch_size"),
+      ]],
+    Row("prefill", "float ids", lambda c: c.with_cache().prefill(P.float()), "integer tensor", NB2),
+    Row("prefill", "a batch of 2 into a cache for 1", lambda c: c.with_cache().prefill(torch.cat([P, P])), "batch",
+        NB2),
+    Row("prefill", "longer than the cache", lambda c: c.with_cache(10).prefill(torch.arange(11)[None]),
+        "10 positions", NB2),
+    Row("prefill", "past the context length", lambda c: c.with_cache(96).prefill(torch.arange(97)[None] % 200),
+        "context length", NB2),
+    Row("decode", "no prefill", lambda c: c.with_cache().decode(torch.tensor([[5]]), torch.tensor([4])), "prefill",
+        NB2),
+    Row("decode", "after reset_cache", lambda c: (c.cached(), c.model.reset_cache(),
+                                                  c.model.decode(torch.tensor([[5]]), torch.tensor([4]))),
+        "prefill", NB2),
+    Row("decode", "position skipped", lambda c: c.decode([[9]], torch.tensor([5])), "position", NB2,
+        after=lambda c: c.model.decode(torch.tensor([[9]]), torch.tensor([4]))),  # the right retry still works
+    Row("decode", "position -1", lambda c: c.decode([[9]], torch.tensor([-1])), "position", NB2),
+    Row("decode", "an int32 position", lambda c: c.decode([[9]], torch.tensor([4], dtype=torch.int32)), "int64",
+        NB2, after=lambda c: c.model.decode(torch.tensor([[9]]), torch.tensor([4]))),
+    Row("decode", "float ids", lambda c: c.decode([[9.0]], torch.tensor([4])), "integer tensor", NB2),
+    Row("decode", "id = vocab_size", lambda c: c.decode([[257]], torch.tensor([4])), r"0\.\.256", NB2),
+    Row("decode", "id -1", lambda c: c.decode([[-1]], torch.tensor([4])), r"0\.\.256", NB2),
+    Row("decode", "two tokens", lambda c: c.decode([[9, 10]], torch.tensor([4])), "one token per row", NB2),
+    Row("decode", "past the cache's capacity", lambda c: (c.decode([[9]], torch.tensor([4]), max_seq_len=5),
+                                                          c.model.decode(torch.tensor([[9]]), torch.tensor([5]))),
+        "past the cache", NB2),
+    Row("compile_decode(model)", "position skipped", lambda c: c.compiled_decode(5), "position", NB2,
+        marks=SLOW_COMPILE),
+    Row("compile_decode(model)", "past the cache's capacity", lambda c: c.compiled_decode(6, 6, steps=(4, 5)),
+        "past the cache", NB2, marks=SLOW_COMPILE),
+]
+
+TEXT = [
+    Row("encode_prompt", "an empty prompt", lambda c: c.nb.encode_prompt(c.tokenizer, "", False), "empty"),
+    Row("encode_prompt", "a blank chat prompt", lambda c: c.nb.encode_prompt(c.tokenizer, " \n\t", True), "empty"),
     Row("Gemma3Tokenizer", "a missing file", lambda c: c.nb.Gemma3Tokenizer("missing/tokenizer.json"),
         "missing/tokenizer\\.json"),
+    Row("Gemma3Tokenizer", "a JSON file that is no tokenizer",
+        lambda c: c.nb.Gemma3Tokenizer(c.file(json.dumps({"a": 1}).encode(), "tokenizer.json")), "not a tokenizer"),
     Row("Gemma3Tokenizer.encode", "a lone surrogate", lambda c: c.tokenizer.encode("a\ud800"), "text"),
+    Row("Gemma3Tokenizer.encode", "a list", lambda c: c.tokenizer.encode(["a"]), "str"),
     Row("Gemma3Tokenizer.decode", "id -1", lambda c: c.tokenizer.decode([-1]), "-1"),
     Row("Gemma3Tokenizer.decode", "id 300000", lambda c: c.tokenizer.decode([2, 300000]), "300,?000"),
-    Row("load_weights_into_gemma", "another emb_dim", lambda c: c.load(other_emb_dim(c)), "emb_dim"),
-    Row("load_weights_into_gemma", "an int8 model", lambda c: c.load(int8_model(c)), "int8", NB2),
+    Row("Gemma3Tokenizer.decode", "a (2, t) tensor", lambda c: c.tokenizer.decode(torch.cat([P, P])), "one text"),
+    Row("Gemma3Tokenizer.decode", "float ids", lambda c: c.tokenizer.decode([2.0]), "whole numbers"),
+    Row("apply_chat_template", "a dict, not a list", lambda c: c.nb.apply_chat_template({"role": "user"}), "list"),
+    Row("apply_chat_template", "no content", lambda c: c.nb.apply_chat_template([{"role": "user"}]), "content"),
+    Row("apply_chat_template", "content=None",
+        lambda c: c.nb.apply_chat_template([{"role": "user", "content": None}]), "content"),
+]
+
+WEIGHTS = [
+    Row("load_weights_into_gemma", "another emb_dim", lambda c: c.load(other_size(c, emb_dim=32)), "emb_dim",
+        after=unchanged),
+    Row("load_weights_into_gemma", "another hidden_dim", lambda c: c.load(other_size(c, hidden_dim=64)),
+        "hidden_dim", after=unchanged),
+    Row("load_weights_into_gemma", "another head_dim", lambda c: c.load(other_size(c, head_dim=32)), "head_dim",
+        after=unchanged),
+    Row("load_weights_into_gemma", "more layers", lambda c: c.load(other_size(
+        c, n_layers=7, layer_types=c.cfg["layer_types"] + ["sliding_attention"])), "n_layers", after=unchanged),
+    Row("load_weights_into_gemma", "fewer layers",
+        lambda c: c.load(other_size(c, n_layers=3, layer_types=c.cfg["layer_types"][:3])), "n_layers",
+        after=unchanged),
+    Row("load_weights_into_gemma", "an int8 model", lambda c: c.load(int8_model(c)), "int8", NB3),
+    Row("load_weights_into_gemma", "a folder", lambda c: c.load(c.fixture("tmp_path")), "folder"),
+    Row("SafetensorsFile", "a folder", lambda c: c.nb.SafetensorsFile(c.fixture("tmp_path")), "a folder"),
+    Row("SafetensorsFile", "a missing file", lambda c: c.nb.SafetensorsFile(c.file()), "not there"),
+    Row("SafetensorsFile", "a web page", lambda c: c.nb.SafetensorsFile(c.file(b"<html>404 Not Found</html>")),
+        "not a readable safetensors file"),
+    Row("SafetensorsFile", "an empty file", lambda c: c.nb.SafetensorsFile(c.file(b"")),
+        "not a readable safetensors file"),
+    Row("load_quantized", "a missing file", lambda c: c.nb.load_quantized(c.cfg, c.file()), "not there", NB3),
+    Row("load_quantized", "a folder", lambda c: c.nb.load_quantized(c.cfg, c.fixture("tmp_path")), "a folder", NB3),
+    Row("load_quantized", "a truncated file",
+        lambda c: c.nb.load_quantized(c.cfg, c.file(c.file("checkpoint").read_bytes()[:1000])),
+        "not a readable safetensors file", NB3),
     Row("prepare_weights", "source='nope'", lambda c: prepare_weights("nope"), "nope",
         errors=lambda: (ValueError, weights_error())),
     Row("prepare_weights", "source=None", lambda c: prepare_weights(None), "source",
         errors=lambda: (ValueError, weights_error())),
+    Row("prepare_weights", "GEMMA3_CHECKPOINTS is a file",
+        lambda c: (c.setenv("GEMMA3_CHECKPOINTS", c.file(b"x", "a-file")), prepare_weights("offline")),
+        "a file, not a folder", errors=lambda: (weights_error(),)),
 ]
 
+TABLE = CONFIG + TOKEN_IDS + GENERATION + CACHE + TEXT + WEIGHTS
 CASES = [pytest.param(nb, row, id=f"{nb}-{row.entry}-{row.bad}", marks=row.marks)
          for row in TABLE for nb in row.notebooks]
 
@@ -149,4 +349,5 @@ def test_entry_point_refuses_a_bad_value(request, nb_name, row):
     errors = row.errors() if callable(row.errors) and not isinstance(row.errors, type) else row.errors
     with pytest.raises(errors, match=f"(?i){row.name}"):
         row.call(c)
-
+    if row.after:
+        row.after(c)

@@ -90,19 +90,6 @@ def test_prompt_at_the_context_limit(nb2, tiny):
         model.setup_cache(context + 1)
 
 
-def test_request_past_the_cache_capacity_is_an_error(tiny):
-    cfg, model = tiny
-    model.setup_cache(10)
-    with torch.no_grad():
-        model.prefill(random_ids(cfg, 8, seed=4))  # positions 0..7
-        model.decode(torch.tensor([[1]]), torch.tensor([8]))
-        model.decode(torch.tensor([[1]]), torch.tensor([9]))  # the last slot: fine
-        with pytest.raises(ValueError, match="past the cache capacity"):
-            model.decode(torch.tensor([[1]]), torch.tensor([10]))  # would wrap a global layer
-        with pytest.raises(ValueError, match="longer than the cache"):
-            model.prefill(random_ids(cfg, 11, seed=5))
-
-
 @pytest.mark.slow
 @pytest.mark.uses_inductor
 def test_compiled_decode_equals_eager_and_compiles_once(nb2, tiny):

@@ -1,9 +1,9 @@
-"""Notebook 2's quantization section: the rounding its lab measures, the int8 model that stores it, the loader
-that never holds the bfloat16 weights, and the perplexity claims its prose makes.
+"""The int8 notebook: the rounding its lab measures, the int8 model that stores it, and the loader that never holds
+the bfloat16 weights.
 
-Tiny fp32 configs (the real weights: tests/real_weights/test_int8_real_weights.py). Every quantized product is
-checked against a plain
-dequantize-then-matmul in float32 of the very integers and scales the layer stores.
+Tiny fp32 configs (the real weights, and the lab's claims: tests/real_weights/test_int8_real_weights.py). Every
+quantized product is checked against a plain dequantize-then-matmul in float32 of the very integers and scales the
+layer stores.
 """
 
 import copy
@@ -24,19 +24,19 @@ def weights_with_outliers(rows=300, cols=64, seed=0):
     return weight
 
 
-def tiny_models(nb2, seed=0):
+def tiny_models(nb3, seed=0):
     """(cfg, unquantized, quantized): the same random weights before and after quantize_int8_."""
-    cfg = tiny_config(nb2)
+    cfg = tiny_config(nb3)
     torch.manual_seed(seed)
-    model = randomize_norms_(nb2.Gemma3Model(cfg).eval())
-    quantized = nb2.quantize_int8_(copy.deepcopy(model))
+    model = randomize_norms_(nb3.Gemma3Model(cfg).eval())
+    quantized = nb3.quantize_int8_(copy.deepcopy(model))
     return cfg, model, quantized
 
 
 # ---------------------------------------------------------------- the rounding the lab measures
-def test_round_int8_moves_each_weight_by_at_most_half_a_step(nb2):
+def test_round_int8_moves_each_weight_by_at_most_half_a_step(nb3):
     weight = weights_with_outliers()
-    rounded = nb2.round_int8(weight)
+    rounded = nb3.round_int8(weight)
     step = weight.abs().amax(dim=1, keepdim=True) / 127  # one step per row: its largest weight / 127
     # Half a step from rounding to the nearest level, plus float32's own roundings: w / step and level * step
     # are each off by at most 2^-24 of values up to 127 steps, so 2 * 127 * 2^-24 steps at most.
@@ -48,9 +48,9 @@ def test_round_int8_moves_each_weight_by_at_most_half_a_step(nb2):
 
 
 @pytest.mark.parametrize("group_size", [16, 32])
-def test_round_int4_moves_each_weight_by_at_most_half_a_step_of_its_group(nb2, group_size):
+def test_round_int4_moves_each_weight_by_at_most_half_a_step_of_its_group(nb3, group_size):
     weight = weights_with_outliers()
-    rounded = nb2.round_int4(weight, group_size)
+    rounded = nb3.round_int4(weight, group_size)
     groups = weight.reshape(weight.shape[0], -1, group_size)  # (out, in) -> (out, in/g, g)
     rounded_groups = rounded.reshape(groups.shape)  # (out, in) -> (out, in/g, g)
     low = groups.amin(dim=-1, keepdim=True)
@@ -64,42 +64,42 @@ def test_round_int4_moves_each_weight_by_at_most_half_a_step_of_its_group(nb2, g
     assert levels.round().min() == 0 and levels.round().max() == 15  # the levels run from the group's min to max
 
 
-def test_int4_groups_of_16_round_finer_than_groups_of_32(nb2):
+def test_int4_groups_of_16_round_finer_than_groups_of_32(nb3):
     weight = weights_with_outliers()
-    error_16 = (nb2.round_int4(weight, 16) - weight).abs().mean()
-    error_32 = (nb2.round_int4(weight, 32) - weight).abs().mean()
+    error_16 = (nb3.round_int4(weight, 16) - weight).abs().mean()
+    error_32 = (nb3.round_int4(weight, 32) - weight).abs().mean()
     assert error_16 < error_32  # a smaller group spans a smaller range, so its steps are smaller
 
 
-def test_round_int8_is_what_int8_linear_stores(nb2):
+def test_round_int8_is_what_int8_linear_stores(nb3):
     """The lab's int8 rows are the model's: the same integers and scales, so the same weights exactly."""
     weight = weights_with_outliers()
-    layer = nb2.Int8Linear(weight, rows_per_chunk=7)
+    layer = nb3.Int8Linear(weight, rows_per_chunk=7)
     stored = layer.weight_int8.float() * layer.scale[:, None]  # float32 scales for a float32 weight
-    torch.testing.assert_close(stored, nb2.round_int8(weight), atol=0, rtol=0)
+    torch.testing.assert_close(stored, nb3.round_int8(weight), atol=0, rtol=0)
 
 
-def test_round_weights_rounds_the_part_it_is_told_and_keeps_the_head_tied(nb2):
-    cfg = tiny_config(nb2, emb_dim=64, hidden_dim=96)  # groups of 32 divide every row
+def test_round_weights_rounds_the_part_it_is_told_and_keeps_the_head_tied(nb3):
+    cfg = tiny_config(nb3, emb_dim=64, hidden_dim=96)  # groups of 32 divide every row
     torch.manual_seed(0)
-    model = nb2.Gemma3Model(cfg).eval()
+    model = nb3.Gemma3Model(cfg).eval()
     before = copy.deepcopy(model)
-    nb2.round_weights_(model, "table", nb2.round_int8)
+    nb3.round_weights_(model, "table", nb3.round_int8)
     assert model.out_head.weight is model.tok_emb.weight  # still one tensor
-    torch.testing.assert_close(model.out_head.weight, nb2.round_int8(before.out_head.weight), atol=0, rtol=0)
+    torch.testing.assert_close(model.out_head.weight, nb3.round_int8(before.out_head.weight), atol=0, rtol=0)
     assert all(torch.equal(a, b) for a, b in zip(model.blocks.parameters(), before.blocks.parameters(), strict=True))
-    nb2.round_weights_(model, "blocks", lambda w: nb2.round_int4(w, 32))
+    nb3.round_weights_(model, "blocks", lambda w: nb3.round_int4(w, 32))
     linears = [(m, b) for m, b in zip(model.blocks.modules(), before.blocks.modules(), strict=True)
                if isinstance(m, nn.Linear)]
     for module, original in linears:
-        torch.testing.assert_close(module.weight, nb2.round_int4(original.weight, 32), atol=0, rtol=0)
+        torch.testing.assert_close(module.weight, nb3.round_int4(original.weight, 32), atol=0, rtol=0)
 
 
 # ---------------------------------------------------------------- the int8 model
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_int8_linear_computes_with_its_stored_integers(nb2, dtype):
+def test_int8_linear_computes_with_its_stored_integers(nb3, dtype):
     weight = (torch.randn(300, 64, generator=torch.Generator().manual_seed(0)) * 0.05).to(dtype)
-    layer = nb2.Int8Linear(weight, rows_per_chunk=7)  # chunks that do not divide the rows evenly
+    layer = nb3.Int8Linear(weight, rows_per_chunk=7)  # chunks that do not divide the rows evenly
     dequantized = layer.weight_int8.float() * layer.scale.float()[:, None]
     assert layer.weight_int8.dtype == torch.int8 and layer.scale.dtype == dtype
     assert layer.weight_int8.abs().amax(dim=1).eq(127).all()  # each row's largest weight maps to 127
@@ -116,8 +116,8 @@ def test_int8_linear_computes_with_its_stored_integers(nb2, dtype):
     torch.testing.assert_close(layer(x), expected, atol=tolerance, rtol=tolerance)
 
 
-def test_quantize_int8_keeps_the_head_tied_and_halves_the_weights(nb2):
-    cfg, model, quantized = tiny_models(nb2)
+def test_quantize_int8_keeps_the_head_tied_and_halves_the_weights(nb3):
+    cfg, model, quantized = tiny_models(nb3)
     assert not [name for name, m in quantized.named_modules() if isinstance(m, nn.Linear | nn.Embedding)]
     assert quantized.tok_emb.head is quantized.out_head  # one int8 table for lookups and head
     ids = torch.arange(cfg["vocab_size"])[None]
@@ -125,20 +125,20 @@ def test_quantize_int8_keeps_the_head_tied_and_halves_the_weights(nb2):
     dequantized_table = head.weight_int8.float() * head.scale[:, None]
     torch.testing.assert_close(quantized.tok_emb(ids)[0], dequantized_table, atol=0, rtol=0)
     linear_bytes = sum(m.weight.numel() * 4 for m in model.modules() if isinstance(m, nn.Linear))  # head counted once
-    int8_bytes = sum(m.weight_int8.numel() for m in quantized.modules() if isinstance(m, nb2.Int8Linear))
+    int8_bytes = sum(m.weight_int8.numel() for m in quantized.modules() if isinstance(m, nb3.Int8Linear))
     assert int8_bytes * 4 == linear_bytes  # every linear weight (tied head once) now one byte per number
-    assert nb2.weight_bytes(quantized) < nb2.weight_bytes(model) / 2  # fp32 -> int8 plus norms and scales
+    assert nb3.weight_bytes(quantized) < nb3.weight_bytes(model) / 2  # fp32 -> int8 plus norms and scales
 
 
-def test_stored_bytes_counts_what_the_int8_model_and_the_int4_kernel_store(nb2):
+def test_stored_bytes_counts_what_the_int8_model_and_the_int4_kernel_store(nb3):
     # Sizes the int4 kernel takes: rows in multiples of 16, rows' lengths in whole groups of 32.
-    cfg = tiny_config(nb2, vocab_size=256, emb_dim=64, hidden_dim=96, dtype=torch.bfloat16)
+    cfg = tiny_config(nb3, vocab_size=256, emb_dim=64, hidden_dim=96, dtype=torch.bfloat16)
     torch.manual_seed(0)
-    model = nb2.Gemma3Model(cfg).eval()
+    model = nb3.Gemma3Model(cfg).eval()
     norm_bytes = sum(p.numel() * 2 for name, p in model.named_parameters() if "norm" in name)
-    assert nb2.stored_bytes(model, {"table": "bfloat16", "blocks": "bfloat16"}) + norm_bytes == nb2.weight_bytes(model)
-    quantized = nb2.quantize_int8_(copy.deepcopy(model))
-    assert nb2.stored_bytes(model, {"table": "int8", "blocks": "int8"}) + norm_bytes == nb2.weight_bytes(quantized)
+    assert nb3.stored_bytes(model, {"table": "bfloat16", "blocks": "bfloat16"}) + norm_bytes == nb3.weight_bytes(model)
+    quantized = nb3.quantize_int8_(copy.deepcopy(model))
+    assert nb3.stored_bytes(model, {"table": "int8", "blocks": "int8"}) + norm_bytes == nb3.weight_bytes(quantized)
     # int4 in groups of 32 as PyTorch's CPU kernel stores it: two weights a byte, a bfloat16 scale and zero per group
     int4_bytes = 0
     for m in [*model.blocks.modules(), model.out_head]:
@@ -147,20 +147,20 @@ def test_stored_bytes_counts_what_the_int8_model_and_the_int4_kernel_store(nb2):
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(torch.zeros(n, k, dtype=torch.int32), 1)
             scales_and_zeros = torch.zeros(k // 32, n, 2, dtype=torch.bfloat16)
             int4_bytes += packed.numel() * packed.element_size() + scales_and_zeros.numel() * 2
-    assert nb2.stored_bytes(model, {"table": "int4 g32", "blocks": "int4 g32"}) == int4_bytes
+    assert nb3.stored_bytes(model, {"table": "int4 g32", "blocks": "int4 g32"}) == int4_bytes
 
 
-def test_quantizing_twice_changes_nothing(nb2):
+def test_quantizing_twice_changes_nothing(nb3):
     """A reader may run the int8 cell again: the second pass must neither fail nor quantize int8 twice."""
-    cfg, _, quantized = tiny_models(nb2)
+    cfg, _, quantized = tiny_models(nb3)
     ids = random_ids(cfg, 8, seed=3)
     with torch.no_grad():
         before = quantized(ids)
-        assert torch.equal(nb2.quantize_int8_(quantized)(ids), before)
+        assert torch.equal(nb3.quantize_int8_(quantized)(ids), before)
 
 
-def test_int8_model_stays_close_and_its_cache_matches_its_uncached_path(nb2):
-    cfg, model, quantized = tiny_models(nb2)
+def test_int8_model_stays_close_and_its_cache_matches_its_uncached_path(nb3):
+    cfg, model, quantized = tiny_models(nb3)
     ids = random_ids(cfg, 20, seed=2)
     with torch.no_grad():
         reference, logits = model(ids), quantized(ids)
@@ -174,29 +174,29 @@ def test_int8_model_stays_close_and_its_cache_matches_its_uncached_path(nb2):
         quantized.setup_cache(ids.shape[1] + 10)
         cached = quantized.prefill(ids)
         assert_close_fp32(cached, uncached)  # one int8 model, two paths: equal up to float32 rounding
-    tokens = list(nb2.generate_text_stream(quantized, ids, 10))
+    tokens = list(nb3.generate_text_stream(quantized, ids, 10))
     with torch.no_grad():
         for step, token in enumerate(tokens):  # each cached token is the uncached int8 model's greedy choice
             assert token == quantized(torch.tensor([ids[0].tolist() + tokens[:step]])).argmax(-1)[0, -1].item()
 
 
 # ---------------------------------------------------------------- loading straight into int8
-def save_hf_checkpoint(nb2, model, path):
+def save_hf_checkpoint(nb3, model, path):
     """The model's weights as a Hugging Face-named .safetensors file (the tied table once)."""
     from safetensors.torch import save_file
 
-    save_file({nb2.hf_name_of(name): p.detach().contiguous() for name, p in model.named_parameters()}, str(path))
+    save_file({nb3.hf_name_of(name): p.detach().contiguous() for name, p in model.named_parameters()}, str(path))
     return path
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_load_quantized_gives_the_weights_of_quantizing_a_loaded_model(nb2, tmp_path, dtype):
-    cfg = tiny_config(nb2, dtype=dtype)
+def test_load_quantized_gives_the_weights_of_quantizing_a_loaded_model(nb3, tmp_path, dtype):
+    cfg = tiny_config(nb3, dtype=dtype)
     torch.manual_seed(0)
-    original = randomize_norms_(nb2.Gemma3Model(cfg).eval())
-    path = save_hf_checkpoint(nb2, original, tmp_path / "model.safetensors")
-    expected = nb2.quantize_int8_(copy.deepcopy(original))  # what the file holds, loaded exactly, then rounded
-    direct = nb2.load_quantized(cfg, path)
+    original = randomize_norms_(nb3.Gemma3Model(cfg).eval())
+    path = save_hf_checkpoint(nb3, original, tmp_path / "model.safetensors")
+    expected = nb3.quantize_int8_(copy.deepcopy(original))  # what the file holds, loaded exactly, then rounded
+    direct = nb3.load_quantized(cfg, path)
     tensors = dict([*direct.named_parameters(), *direct.named_buffers()])
     expected_tensors = dict([*expected.named_parameters(), *expected.named_buffers()])
     assert sorted(tensors) == sorted(expected_tensors)  # the same modules, RoPE tables included
@@ -210,80 +210,36 @@ def test_load_quantized_gives_the_weights_of_quantizing_a_loaded_model(nb2, tmp_
         assert torch.equal(direct(ids), expected(ids))
 
 
-def test_load_quantized_reads_a_piece_at_a_time(nb2, tmp_path, monkeypatch):
+def test_load_quantized_reads_a_piece_at_a_time(nb3, tmp_path, monkeypatch):
     """The claim behind its memory: no read asks for more rows than one chunk of the biggest matrix."""
-    cfg = tiny_config(nb2)
+    cfg = tiny_config(nb3)
     torch.manual_seed(0)
-    path = save_hf_checkpoint(nb2, nb2.Gemma3Model(cfg), tmp_path / "model.safetensors")
+    path = save_hf_checkpoint(nb3, nb3.Gemma3Model(cfg), tmp_path / "model.safetensors")
     rows_read = []
-    original_getitem = nb2.TensorRows.__getitem__
+    original_getitem = nb3.TensorRows.__getitem__
 
     def spy(self, rows):
         piece = original_getitem(self, rows)
         rows_read.append((self.name, piece.shape[0]))
         return piece
 
-    monkeypatch.setattr(nb2.TensorRows, "__getitem__", spy)
-    original_init = nb2.Int8Linear.__init__
-    monkeypatch.setattr(nb2.Int8Linear, "__init__", lambda self, weight, dtype=None, rows_per_chunk=4_096:
+    monkeypatch.setattr(nb3.TensorRows, "__getitem__", spy)
+    original_init = nb3.Int8Linear.__init__
+    monkeypatch.setattr(nb3.Int8Linear, "__init__", lambda self, weight, dtype=None, rows_per_chunk=4_096:
                         original_init(self, weight, dtype, rows_per_chunk=100))
-    nb2.load_quantized(cfg, path)
+    nb3.load_quantized(cfg, path)
     table = [n for name, n in rows_read if name == "model.embed_tokens.weight"]
     assert len(table) == 3 and max(table) == 100  # 257 rows of the table: 100 + 100 + 57
     assert max(n for _, n in rows_read) <= 100
 
 
-def test_load_quantized_refuses_a_checkpoint_that_does_not_match(nb2, tmp_path):
+def test_load_quantized_refuses_a_checkpoint_that_does_not_match(nb3, tmp_path):
     from safetensors.torch import save_file
 
-    cfg = tiny_config(nb2)
+    cfg = tiny_config(nb3)
     torch.manual_seed(0)
-    weights = {nb2.hf_name_of(name): p.detach() for name, p in nb2.Gemma3Model(cfg).named_parameters()}
+    weights = {nb3.hf_name_of(name): p.detach() for name, p in nb3.Gemma3Model(cfg).named_parameters()}
     del weights["model.layers.2.mlp.up_proj.weight"]
     save_file(weights, str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError, match="model.layers.2.mlp.up_proj.weight"):
-        nb2.load_quantized(cfg, tmp_path / "model.safetensors")
-
-
-# The section's lab, as one run on the real weights gave it (float32, AVX2): perplexity and MB read per token.
-# The notebook prints quant_lab_findings on its own run and nbval compares the verdicts (the lab runs once per
-# pass, on the real weights, under both arithmetics); these tests check that each verdict follows the numbers.
-QUANT_LAB_RUN = {"as converted": (30.39, 536), "int8 everything": (30.55, 269), "int4 g32 table": (32.70, 305),
-                 "int4 g32 blocks": (37.98, 398), "int4 g32 everything": (40.68, 168)}
-TABLE_SHARE = 0.63  # the tied table's share of the matrix weights, as the notebook prints it
-
-
-def quant_findings(nb2, run=QUANT_LAB_RUN, table_share=TABLE_SHARE):
-    lab = {label: {"perplexity": ppl, "MB per token": mb} for label, (ppl, mb) in run.items()}
-    return dict(nb2.quant_lab_findings(lab, table_share))
-
-
-def test_the_real_runs_numbers_bear_out_every_quantization_claim(nb2):
-    assert all(quant_findings(nb2).values())
-
-
-@pytest.mark.parametrize(("row", "perplexity", "claim"), [
-    ("int8 everything", 30.8, "8 bits are nearly free: int8 on every matrix moves perplexity by less than 1%"),
-    ("int8 everything", 30.0, "8 bits are nearly free: int8 on every matrix moves perplexity by less than 1%"),
-    ("int4 g32 table", 30.6, "int4 on the table alone costs several percent (between 2% and 15%)"),
-    ("int4 g32 table", 35.5, "int4 on the table alone costs several percent (between 2% and 15%)"),
-    ("int4 g32 blocks", 34.0, "int4 on every block matrix costs about a quarter (between 15% and 40%)"),
-    ("int4 g32 blocks", 43.0, "int4 on every block matrix costs about a quarter (between 15% and 40%)"),
-    ("int4 g32 everything", 36.5, "int4 everywhere costs about a third (between 22% and 50%)"),
-    ("int4 g32 everything", 46.0, "int4 everywhere costs about a third (between 22% and 50%)"),
-])
-def test_each_quantization_claim_fails_when_its_numbers_do(nb2, row, perplexity, claim):
-    run = dict(QUANT_LAB_RUN, **{row: (perplexity, QUANT_LAB_RUN[row][1])})
-    assert [name for name, holds in quant_findings(nb2, run).items() if not holds] == [claim]
-
-
-def test_the_table_and_bytes_claims_fail_when_their_numbers_do(nb2):
-    table_worse = dict(QUANT_LAB_RUN, **{"int4 g32 table": (34.0, 305), "int4 g32 blocks": (33.5, 398)})
-    assert [name for name, holds in quant_findings(nb2, table_worse).items() if not holds] == [
-        "int4 on every block matrix costs about a quarter (between 15% and 40%)",
-        "yet the table tolerates int4 better than the blocks"]
-    assert [name for name, holds in quant_findings(nb2, table_share=0.4).items() if not holds] == [
-        "the table holds most of the matrix weights"]
-    more_bytes = dict(QUANT_LAB_RUN, **{"int8 everything": (30.55, 300)})
-    assert [name for name, holds in quant_findings(nb2, more_bytes).items() if not holds] == [
-        "int8 reads half the bytes of bfloat16 (within 1%)"]
+        nb3.load_quantized(cfg, tmp_path / "model.safetensors")

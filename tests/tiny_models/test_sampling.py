@@ -35,20 +35,20 @@ def assert_distribution(freq, expected, n=N_DRAWS):
 # --- sample_next_token -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_temperature_zero_is_argmax(notebook, dtype):
+def test_temperature_zero_is_argmax(nb1, dtype):
     logits = torch.randn(8, 300, generator=torch.Generator().manual_seed(1)).to(dtype)
     expected = logits.argmax(dim=-1, keepdim=True)
-    assert torch.equal(notebook.sample_next_token(logits), expected)  # the default is greedy
-    assert torch.equal(notebook.sample_next_token(logits, temperature=0.0, top_k=5, top_p=0.5), expected)
+    assert torch.equal(nb1.sample_next_token(logits), expected)  # the default is greedy
+    assert torch.equal(nb1.sample_next_token(logits, temperature=0.0, top_k=5, top_p=0.5), expected)
     tied = torch.tensor([[0.0, 2.0, 1.0, 2.0]], dtype=dtype)
-    assert notebook.sample_next_token(tied).item() == 1  # a tie goes to the first index, as argmax does
+    assert nb1.sample_next_token(tied).item() == 1  # a tie goes to the first index, as argmax does
 
 
-def test_same_generator_seed_same_samples(notebook):
+def test_same_generator_seed_same_samples(nb1):
     logits = torch.zeros(500, 50)  # uniform: every draw is a genuine coin toss
 
     def draw(seed):
-        return notebook.sample_next_token(logits, temperature=1.0, generator=torch.Generator().manual_seed(seed))
+        return nb1.sample_next_token(logits, temperature=1.0, generator=torch.Generator().manual_seed(seed))
 
     torch.manual_seed(0)
     first = draw(42)
@@ -58,29 +58,29 @@ def test_same_generator_seed_same_samples(notebook):
 
 
 @pytest.mark.parametrize("temperature", [0.3, 1.0, 10.0])
-def test_top_k_1_is_greedy(notebook, temperature):
+def test_top_k_1_is_greedy(nb1, temperature):
     logits = torch.randn(64, 300, generator=torch.Generator().manual_seed(2))
     generator = torch.Generator().manual_seed(0)
-    ids = notebook.sample_next_token(logits, temperature=temperature, top_k=1, generator=generator)
+    ids = nb1.sample_next_token(logits, temperature=temperature, top_k=1, generator=generator)
     assert torch.equal(ids, logits.argmax(dim=-1, keepdim=True))
 
 
-def test_top_k_support_is_the_k_best(notebook):
+def test_top_k_support_is_the_k_best(nb1):
     row = torch.randn(60, generator=torch.Generator().manual_seed(3))
     logits = row.expand(5_000, 60)
-    ids = notebook.sample_next_token(logits, temperature=5.0, top_k=5, generator=torch.Generator().manual_seed(0))
+    ids = nb1.sample_next_token(logits, temperature=5.0, top_k=5, generator=torch.Generator().manual_seed(0))
     assert set(ids.flatten().tolist()) == set(row.topk(5).indices.tolist())  # all five seen, nothing else
 
 
-def test_temperature_reshapes_the_distribution(notebook):
+def test_temperature_reshapes_the_distribution(nb1):
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
-    assert_distribution(frequencies(notebook, probs.tolist()), probs)
-    assert_distribution(frequencies(notebook, probs.tolist(), temperature=2.0), probs ** 0.5)
-    assert_distribution(frequencies(notebook, probs.tolist(), temperature=0.5), probs ** 2)
+    assert_distribution(frequencies(nb1, probs.tolist()), probs)
+    assert_distribution(frequencies(nb1, probs.tolist(), temperature=2.0), probs ** 0.5)
+    assert_distribution(frequencies(nb1, probs.tolist(), temperature=0.5), probs ** 2)
 
 
-def test_top_k_renormalises(notebook):
-    assert_distribution(frequencies(notebook, [0.15, 0.5, 0.05, 0.3], top_k=2), [0, 0.5, 0, 0.3])
+def test_top_k_renormalises(nb1):
+    assert_distribution(frequencies(nb1, [0.15, 0.5, 0.05, 0.3], top_k=2), [0, 0.5, 0, 0.3])
 
 
 # Exact binary fractions, so float32 softmax and cumsum land exactly on the boundaries; the best token
@@ -102,27 +102,27 @@ TOP_P_CASES = [
 
 
 @pytest.mark.parametrize("top_p, kept", TOP_P_CASES, ids=[str(p) for p, _ in TOP_P_CASES])
-def test_top_p_keeps_the_smallest_set_reaching_p(notebook, top_p, kept):
+def test_top_p_keeps_the_smallest_set_reaching_p(nb1, top_p, kept):
     expected = [p if i in kept else 0.0 for i, p in enumerate(DYADIC)]
-    assert_distribution(frequencies(notebook, DYADIC, top_p=top_p), expected)
+    assert_distribution(frequencies(nb1, DYADIC, top_p=top_p), expected)
 
 
-def test_top_p_non_dyadic(notebook):
+def test_top_p_non_dyadic(nb1):
     # 0.5, 0.3, 0.15, 0.05: top_p 0.7 keeps the first two, 0.85 the first three, renormalised.
-    assert_distribution(frequencies(notebook, [0.05, 0.3, 0.5, 0.15], top_p=0.7), [0, 0.3, 0.5, 0])
-    assert_distribution(frequencies(notebook, [0.05, 0.3, 0.5, 0.15], top_p=0.85), [0, 0.3, 0.5, 0.15])
+    assert_distribution(frequencies(nb1, [0.05, 0.3, 0.5, 0.15], top_p=0.7), [0, 0.3, 0.5, 0])
+    assert_distribution(frequencies(nb1, [0.05, 0.3, 0.5, 0.15], top_p=0.85), [0, 0.3, 0.5, 0.15])
 
 
-def test_top_p_applies_after_temperature_and_top_k(notebook):
+def test_top_p_applies_after_temperature_and_top_k(nb1):
     """The order of transformers' and llama.cpp's samplers: temperature, then top-k, then top-p."""
     probs = [0.5, 0.3, 0.15, 0.05]
     # After top-k 3 the probabilities are 0.526, 0.316, 0.158: the mass before the third is 0.842 >= 0.83.
     # (Had top-p used the probabilities before top-k, the mass before it would be 0.8 < 0.83: three kept.)
-    assert_distribution(frequencies(notebook, probs, top_k=3, top_p=0.83), [0.5, 0.3, 0, 0])
+    assert_distribution(frequencies(nb1, probs, top_k=3, top_p=0.83), [0.5, 0.3, 0, 0])
     # At temperature 2 the probabilities are 0.379, 0.293, 0.208, 0.120: the mass before the third is
     # 0.672 < 0.7, so three are kept. (Before the temperature it would be 0.8 >= 0.7: two kept.)
     tempered = [p ** 0.5 for p in probs]
-    assert_distribution(frequencies(notebook, probs, temperature=2.0, top_p=0.7), [*tempered[:3], 0])
+    assert_distribution(frequencies(nb1, probs, temperature=2.0, top_p=0.7), [*tempered[:3], 0])
 
 
 # --- generate_text_stream on a tiny random model ----------------------------------------------------
