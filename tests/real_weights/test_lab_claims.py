@@ -19,7 +19,7 @@ def lab(nb1, real_model, offline_folder):
     model = real_model("nb1", torch.float32)
     tokenizer = nb1.Gemma3Tokenizer(offline_folder / "tokenizer.json")
     ids = torch.tensor([tokenizer.encode(nb1.LAB_PASSAGE)])
-    assert ids.shape[1] > 2 * 512, "the passage must cross the window"
+    assert ids.shape[1] > WINDOW, "the passage must cross the window"
     return nb1.run_lab(model, ids, nb1.lab_experiments(model.cfg))
 
 
