@@ -331,6 +331,13 @@ def test_the_cache_follows_the_models_dtype(request, nb_name):
     assert model.caches[0].k.dtype == torch.float32
 
 
+def test_an_int8_model_moved_to_float32_generates_with_a_float32_cache(nb3):
+    torch.manual_seed(0)
+    model = nb3.quantize_int8_(nb3.Gemma3Model(tiny_config(nb3, dtype=torch.bfloat16)).eval()).to(torch.float32)
+    assert len(list(nb3.generate_text_stream(model, P, 4))) == 4  # it used to fail in index_copy_
+    assert model.caches[0].k.dtype == torch.float32
+
+
 def test_reset_cache_and_cache_bytes_before_setup_cache(nb2, tiny2):
     tiny2.reset_cache()  # nothing to reset: no error
     assert nb2.cache_bytes(tiny2) == 0
