@@ -1,4 +1,4 @@
-"""Decode speed and memory of both notebooks' models against Hugging Face transformers.
+"""Decode speed and memory of the notebooks' models against Hugging Face transformers.
 
     python -m support.benchmark                        # the full table (about 10 minutes on a 2-core CPU)
     python -m support.benchmark --dtypes bfloat16 --no-compile --new-tokens 30   # a quick look
