@@ -15,7 +15,7 @@ types, but no merge list, so we derive it:
   and user-defined pieces (type 4: "\\n", "\\n\\n", "\\t\\t", "<table>", ...) plain added tokens, so
   both are matched whole in the raw text (longest first) before BPE sees the rest.
 
-The result encodes exactly like transformers' own GGUF tokenizer (tests/test_tokenizer.py).
+The result encodes exactly like transformers' own GGUF tokenizer (tests/no_arithmetic/test_tokenizer.py).
 """
 
 from __future__ import annotations

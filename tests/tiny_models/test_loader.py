@@ -1,9 +1,9 @@
-"""The weight loader accounts for every parameter, and a checkpoint that does not match fails before it copies anything.
-(What each refusal says: tests/tiny_models/test_entry_points.py.)
+"""The weight loader accounts for every parameter, and a checkpoint that does not match fails before it copies any
+tensor (what each refusal says: tests/tiny_models/test_entry_points.py).
 
 Tiny fp32 config; the checkpoints are transformers' Gemma3ForCausalLM state dicts (random weights),
 so expected values come from transformers. The real 236-tensor checkpoint is checked in
-test_real_weights.py.
+tests/real_weights/test_real_weights.py.
 """
 
 import re
