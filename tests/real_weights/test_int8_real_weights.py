@@ -47,10 +47,8 @@ def test_int8_keeps_the_real_models_perplexity_in_bfloat16(nb3, offline_folder):
 # run's figure (+0.5%, +7.6%, +25%, +34%), far beyond what float32 rounding moves between CPUs (about 1e-5 of a
 # perplexity).
 @pytest.fixture(scope="module")
-def quant_lab(nb3, real_model, offline_folder):
-    model = real_model("nb3", torch.float32)
-    tokenizer = nb3.Gemma3Tokenizer(offline_folder / "tokenizer.json")
-    lab = nb3.run_quant_lab(model, torch.tensor([tokenizer.encode(nb3.LAB_PASSAGE)]), nb3.QUANT_LAB_VARIANTS)
+def quant_lab(nb3, real_model, lab_passage_ids):
+    lab = nb3.run_quant_lab(real_model("nb3", torch.float32), lab_passage_ids, nb3.QUANT_LAB_VARIANTS)
     reference = lab["as converted"]["perplexity"]
     return {label: dict(row, cost=row["perplexity"] / reference - 1) for label, row in lab.items()}
 

@@ -15,12 +15,10 @@ pytestmark = pytest.mark.slow  # twelve float32 passes over 921 tokens with the 
 
 
 @pytest.fixture(scope="module")
-def lab(nb1, real_model, offline_folder):
+def lab(nb1, real_model, lab_passage_ids):
     model = real_model("nb1", torch.float32)
-    tokenizer = nb1.Gemma3Tokenizer(offline_folder / "tokenizer.json")
-    ids = torch.tensor([tokenizer.encode(nb1.LAB_PASSAGE)])
-    assert ids.shape[1] > WINDOW, "the passage must cross the window"
-    return nb1.run_lab(model, ids, nb1.lab_experiments(model.cfg))
+    assert lab_passage_ids.shape[1] > WINDOW, "the passage must cross the window"
+    return nb1.run_lab(model, lab_passage_ids, nb1.lab_experiments(model.cfg))
 
 
 @pytest.fixture(scope="module")
