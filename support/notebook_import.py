@@ -38,5 +38,5 @@ def notebook_model(nb, dtype, folder=None):
     cfg = dict(nb.GEMMA3_CONFIG_270M, dtype=dtype)
     model = nb.Gemma3Model(cfg).eval()
     if folder is not None:
-        nb.load_weights_into_gemma(model, nb.SafetensorsFile(Path(folder) / "model.safetensors"))
+        nb.load_weights_into_gemma(model, Path(folder) / "model.safetensors")
     return model

@@ -118,17 +118,16 @@ def test_model_role_is_an_alias_of_assistant(nb1):
     assert nb1.apply_chat_template(with_model) == nb1.apply_chat_template(with_assistant)
 
 
-BAD_CONVERSATIONS = {
-    "empty": ([], r"(?i)empty"),
-    "two user turns": ([user("a"), user("b")], r"(?i)alternate"),
-    "two assistant turns": ([user("a"), assistant("b"), assistant("c")], r"(?i)alternate"),
-    "starts with assistant": ([assistant("Hello."), user("Hi")], r"(?i)start\w* with user"),
-    "unknown role": ([user("a"), {"role": "tool", "content": "b"}], r"(?i)unknown role 'tool'"),
-    "unknown role first": ([{"role": "narrator", "content": "a"}], r"(?i)unknown role 'narrator'"),
-    "system alone": ([system("Be brief.")], r"(?i)system message must be followed by a user"),
-    "system then assistant": ([system("Be brief."), assistant("Ok."), user("Hi")],
-                              r"(?i)system message must be followed by a user"),
-    "system in the middle": ([user("a"), system("b")], r"(?i)alternate"),
+BAD_CONVERSATIONS = {  # the message named first: the first one out of place, and the role that belongs there
+    "empty": ([], r"(?i)message 0 .*'user'.*missing"),
+    "two user turns": ([user("a"), user("b")], r"(?i)message 1 .*'assistant'"),
+    "two assistant turns": ([user("a"), assistant("b"), assistant("c")], r"(?i)message 2 .*'user'"),
+    "starts with assistant": ([assistant("Hello."), user("Hi")], r"(?i)message 0 .*'user'"),
+    "unknown role": ([user("a"), {"role": "tool", "content": "b"}], r"(?i)message 1 .*'assistant'.*'tool'"),
+    "unknown role first": ([{"role": "narrator", "content": "a"}], r"(?i)message 0 .*'user'.*'narrator'"),
+    "system alone": ([system("Be brief.")], r"(?i)message 1 .*'user'.*missing"),
+    "system then assistant": ([system("Be brief."), assistant("Ok."), user("Hi")], r"(?i)message 1 .*'user'"),
+    "system in the middle": ([user("a"), system("b")], r"(?i)message 1 .*'assistant'.*'system'"),
 }
 
 

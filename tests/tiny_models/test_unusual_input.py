@@ -123,9 +123,9 @@ def test_pick_device_cpu_and_auto(nb1):
     assert nb1.pick_device(None).type in ("cpu", "cuda", "mps")
 
 
-def test_check_dtype_cpu(nb1):
-    for dtype in (torch.float32, torch.bfloat16):
-        assert nb1.check_dtype(torch.device("cpu"), dtype) == dtype
+def test_an_empty_prompt_is_generation_from_bos_alone(nb1, offline_folder):
+    tokenizer = nb1.Gemma3Tokenizer(offline_folder / "tokenizer.json")
+    assert nb1.encode_prompt(tokenizer, "", instruction_tuned=False).tolist() == [[tokenizer.bos_id]]
 
 
 # --- the model keeps the config it was built from --------------------------------------------------
