@@ -26,7 +26,7 @@ from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 from traitlets.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository root, where the notebooks are
-NOTEBOOKS = ["standalone-gemma3.ipynb", "standalone-gemma3-plus-kvcache.ipynb"]
+NOTEBOOKS = ["standalone-gemma3.ipynb", "standalone-gemma3-plus-kvcache.ipynb", "standalone-gemma3-int8.ipynb"]
 
 
 def run(path: Path, skip_tag: str) -> float:
