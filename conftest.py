@@ -7,13 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from support.run_notebooks import reproducible_kernels
+
 # nbval's kernels inherit these: no progress bars in compared outputs (huggingface_hub's and tqdm's own switches).
 os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 os.environ["TQDM_DISABLE"] = "1"
-# ... and this: the notebooks use the offline weights on the CPU, whatever token or GPU this machine has, so
-# that their outputs can be compared with the stored ones anywhere. GEMMA3_REPRODUCIBLE=0 runs them as a reader
-# would (e.g. on a GPU): expect device lines to differ then.
-os.environ.setdefault("GEMMA3_REPRODUCIBLE", "1")
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Under pytest-xdist (pyproject.toml's -n 2) the workers share the CPU cores: each, and the notebook kernel it
@@ -31,18 +29,12 @@ def pytest_configure(config):
 
 def run_notebooks_standalone():
     """The notebooks run as a reader runs one opened on its own, without the project's gemma3_weights package
-    (tests/standalone_kernel/sitecustomize.py blocks it in every Python started with this PYTHONPATH: the kernels,
-    never the xdist workers, which start before it is set) and so without the offline weights: "auto" then takes
-    the official -it weights from the Hugging Face hub, simulated here by serving the offline folder, on the CPU
-    (no GPU is visible to them). The outputs nbval compares do not depend on which of the two the weights are:
-    CI's second pass runs this way."""
+    (support/kernel/sitecustomize.py blocks it in the kernels) and so without the offline weights: "auto" then
+    takes the official -it weights from the Hugging Face hub, simulated here by serving the offline folder. The
+    outputs nbval compares do not depend on which of the two the weights are: CI's second pass runs this way."""
     from gemma3_weights import prepare_weights
 
     os.environ["GEMMA3_SIMULATED_HUB"] = str(prepare_weights("offline").folder)
-    kernel_path = str(Path(__file__).resolve().parent / "tests" / "standalone_kernel")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (kernel_path, os.environ.get("PYTHONPATH")) if p)
-    os.environ["GEMMA3_REPRODUCIBLE"] = "0"
-    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 def inductor_builds_here():
@@ -58,8 +50,11 @@ def pytest_runtest_setup(item):
     # Kernels start one at a time: jupyter_client picks a kernel's TCP ports with no coordination between processes,
     # so two xdist workers starting notebooks at once can take the same port, and the loser's cells all fail with
     # "Kernel didn't respond in 60 seconds" (treebeardtech/nbmake#129; seen once here). Held until the kernel answers.
+    # The kernel starts as on a machine with no Hugging Face token and no GPU, so the notebooks' own settings take
+    # the offline weights on the CPU and their outputs can be compared with the stored ones anywhere.
     starts_kernel = str(item.path).endswith(".ipynb") and getattr(item.parent, "kernel", None) is None
-    with kernel_start_lock() if starts_kernel else contextlib.nullcontext():
+    with kernel_start_lock() if starts_kernel else contextlib.nullcontext(), \
+            reproducible_kernels() if starts_kernel else contextlib.nullcontext():
         yield
 
 
