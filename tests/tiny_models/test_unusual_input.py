@@ -1,7 +1,8 @@
 """Unusual but valid input gives the right result: a config written for the seed notebooks, its three-argument
 loader, a checkpoint with a separate head, a path or our own state dict where a checkpoint is expected, a batch
-through forward, a temperature of 1e-40, stop_ids=None or one id, (v,) logits, int32 ids, a model moved to another
-dtype, and every definition imported on its own. (Every refusal is in tests/tiny_models/test_entry_points.py.)
+through forward, a temperature of 1e-40, stop_ids=None or one id, (v,) and (b, t, v) logits, a prompt the cache
+set up can't hold, int32 ids, a model moved to another dtype, and every definition imported on its own. (Every refusal
+is in tests/tiny_models/test_entry_points.py.)
 """
 
 import ast
@@ -311,6 +312,25 @@ def test_sample_next_token_takes_v_logits(nb1):
     assert nb1.sample_next_token(logits).tolist() == [logits.argmax().item()]  # (v,) -> (1,)
     drawn = nb1.sample_next_token(logits, temperature=1.0, generator=torch.Generator().manual_seed(1))
     assert drawn.shape == (1,) and 0 <= drawn.item() < 50
+
+
+def test_sample_next_token_takes_every_position(nb1):
+    """(b, t, v) logits: a token for each position, (b, t, 1), as sampling each (v,) row on its own gives."""
+    logits = torch.randn(2, 3, 50, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(nb1.sample_next_token(logits), logits.argmax(dim=-1, keepdim=True))
+    certain = torch.full((2, 3, 50), -1e4).scatter(-1, logits.argmax(dim=-1, keepdim=True), 0.0)  # exp(-1e4) is 0
+    drawn = nb1.sample_next_token(certain, temperature=1.0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(drawn, logits.argmax(dim=-1, keepdim=True))  # one token has all the probability
+
+
+@pytest.mark.parametrize("rows, length", [(2, 4), (1, 12)], ids=["a batch of 2, a cache for 1", "longer than it"])
+def test_prefill_sets_up_a_cache_that_holds_the_prompt(nb2, tiny2, rows, length):
+    """A prompt the cache set up cannot hold gets one that can: the logits are the uncached model's."""
+    ids = torch.arange(5, 5 + rows * length).reshape(rows, length) % 257
+    tiny2.setup_cache(8)
+    with torch.no_grad():
+        assert_close_fp32(tiny2.prefill(ids)[:, -1], tiny2(ids)[:, -1])
+    assert (tiny2.cache_batch_size, tiny2.max_seq_len) == (rows, max(8, length))
 
 
 def test_perplexity_of_int32_ids_equals_int64(nb1, tiny):
