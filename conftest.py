@@ -1,6 +1,7 @@
 """Root conftest: how nbval runs the notebooks (the tests' own fixtures live in tests/conftest.py)."""
 
 import contextlib
+import inspect
 import os
 import tempfile
 from pathlib import Path
@@ -82,3 +83,73 @@ def pytest_collection_modifyitems(items):
         tags = item.cell.get("metadata", {}).get("tags", []) if notebook_cell else []
         if ("uses-inductor" in tags or item.get_closest_marker("uses_inductor")) and not inductor_builds_here():
             item.add_marker(no_inductor)
+    add_notebook_claims(items)
+
+
+# What a notebook's run shows is asserted on that very run. Each module of tests/notebook_claims names a notebook
+# (NOTEBOOK), an expression its kernel evaluates after the last cell (RESULTS, sent back as JSON), the arguments made
+# of that value (arguments) and test_* functions that take them by name. They run as items of the notebook, after
+# its cells, in its kernel's session: the labs and the fine-tuning are computed once per pass, by the notebook the
+# reader reads, and no test computes them again.
+CLAIMS = Path(__file__).resolve().parent / "tests" / "notebook_claims"
+
+
+def add_notebook_claims(items):
+    import importlib.util
+
+    for path in sorted(CLAIMS.glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"notebook_claims.{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        cells = [i for i, item in enumerate(items) if item.path.name == module.NOTEBOOK and hasattr(item, "cell")]
+        if not cells:  # the notebook is not among the collected items
+            continue
+        notebook = items[cells[-1]].parent
+        claims = [NotebookClaim.from_parent(notebook, name=name, module=module, claim=function)
+                  for name, function in vars(module).items() if name.startswith("test_") and callable(function)]
+        for claim in claims:
+            claim.add_marker(pytest.mark.slow)
+        items[cells[-1] + 1:cells[-1] + 1] = claims
+
+
+class NotebookClaim(pytest.Item):
+    """One test_* function of a notebook_claims module, given the value of its RESULTS in the notebook's kernel."""
+
+    def __init__(self, *, module, claim, **kwargs):
+        super().__init__(**kwargs)
+        self.module, self.claim = module, claim
+
+    def runtest(self):
+        cache = self.parent.__dict__.setdefault("claims_results", {})  # one evaluation per notebook run
+        if self.module.RESULTS not in cache:
+            cache[self.module.RESULTS] = kernel_value(self.parent.kernel, self.module.RESULTS)
+        arguments = self.module.arguments(cache[self.module.RESULTS])
+        self.claim(**{name: arguments[name] for name in inspect.signature(self.claim).parameters})
+
+    def repr_failure(self, excinfo):
+        return super().repr_failure(excinfo, style="short")
+
+    def reportinfo(self):
+        return self.path, None, f"{self.path.name}::{self.name}"
+
+
+def kernel_value(kernel, expression):
+    """The value of `expression` in a running nbval kernel, through JSON; the kernel's error if it raises one."""
+    import json
+
+    if kernel is None or not kernel.is_alive():
+        raise RuntimeError("The notebook's kernel is not running: its cells must run before its claims.")
+    msg_id = kernel.execute_cell_input(f"import json as _json\nprint(_json.dumps({expression}))", allow_stdin=False)
+    kernel.await_reply(msg_id, timeout=600)
+    printed = []
+    while True:
+        message = kernel.get_message("iopub", timeout=60)
+        if message["parent_header"].get("msg_id") != msg_id:
+            continue
+        kind, content = message["msg_type"], message["content"]
+        if kind == "stream" and content["name"] == "stdout":
+            printed.append(content["text"])
+        elif kind == "error":
+            raise RuntimeError(f"{expression} failed in the notebook's kernel: {content['ename']}: {content['evalue']}")
+        elif kind == "status" and content["execution_state"] == "idle":
+            return json.loads("".join(printed))

@@ -53,15 +53,6 @@ def offline_folder():
 
 
 @pytest.fixture(scope="session")
-def lab_passage_ids(nb1, offline_folder):
-    """The labs' passage (LAB_PASSAGE, the same text in notebook 1 and the int8 notebook) as (1, t) token ids."""
-    import torch
-
-    tokenizer = nb1.Gemma3Tokenizer(offline_folder / "tokenizer.json")
-    return torch.tensor([tokenizer.encode(nb1.LAB_PASSAGE)])
-
-
-@pytest.fixture(scope="session")
 def real_model(nb1, nb2, nb3, offline_folder):
     """`real_model("nb1", torch.float32)`: that notebook's model with the real weights, built once per session
     for each notebook and dtype, then shared. A test that changes a model (quantizes it, edits its config or

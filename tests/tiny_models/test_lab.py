@@ -1,6 +1,6 @@
 """The lab (notebook 1, section 16): each row is one config edit, and `run_lab`'s shared weights give each row the
-losses of its edited model built and loaded in full. What the rows show on the real weights is asserted in
-tests/real_weights/test_lab_claims.py.
+losses of its edited model built and loaded in full. What the rows show on the real weights is asserted on the
+notebook's own run: tests/notebook_claims/lab.py.
 """
 
 import torch

@@ -1,5 +1,5 @@
-"""What notebook 1's lab shows on the real weights (offline source), as its notes state it: the lab's rows run
-once here, through the notebook's own `lab_experiments` and `run_lab`, on the passage the notebook uses.
+"""What notebook 1's lab shows on the real weights (offline source), as its notes state it, asserted on the notebook's
+own run: `lab`, the losses of every row on the passage, as its last cell leaves them (see conftest.py).
 
 Each bound is a third or more of the value it bounds away from the stored run's figure (perplexity 30.4 as
 designed; x1.11 and x1.5 for the windows, x2.47 and x1.23 for the spans, x8.18 and x1.08 for the bases, x8.71
@@ -8,31 +8,27 @@ beyond what float32 rounding moves between CPUs (about 1e-5 of a perplexity). Th
 equalities: the masks, and so every float32 operation, are the same there.
 """
 
-import pytest
 import torch
 
-pytestmark = pytest.mark.slow  # twelve float32 passes over 921 tokens with the 262,144-word head: minutes
-
-
-@pytest.fixture(scope="module")
-def lab(nb1, real_model, lab_passage_ids):
-    model = real_model("nb1", torch.float32)
-    assert lab_passage_ids.shape[1] > WINDOW, "the passage must cross the window"
-    return nb1.run_lab(model, lab_passage_ids, nb1.lab_experiments(model.cfg))
-
-
-@pytest.fixture(scope="module")
-def ppl(lab):
-    return {name: losses.mean().exp().item() for name, losses in lab.items()}
-
-
+NOTEBOOK = "standalone-gemma3.ipynb"
+RESULTS = "{name: losses.tolist() for name, losses in lab.items()}"  # float32 losses: exact through JSON's floats
 WINDOW = 512
 DESIGNED = "Gemma 3 as designed"
+
+
+def arguments(results):
+    """What the claims below take: each row's losses (float32 tensors) and its perplexity."""
+    lab = {name: torch.tensor(losses, dtype=torch.float32) for name, losses in results.items()}
+    return {"lab": lab, "ppl": {name: losses.mean().exp().item() for name, losses in lab.items()}}
 
 
 def same_before(lab, name, position):
     """Every token predicted at a position < `position` has exactly the design's loss."""
     return torch.equal(lab[name][:position], lab[DESIGNED][:position])
+
+
+def test_the_passage_crosses_the_window(lab):
+    assert len(lab[DESIGNED]) > WINDOW
 
 
 def test_every_edit_costs_the_trained_model_perplexity(ppl):
