@@ -89,8 +89,8 @@ def pytest_collection_modifyitems(items):
 # What a notebook's run shows is asserted on that very run. Each module of tests/notebook_claims names a notebook
 # (NOTEBOOK), an expression its kernel evaluates after the last cell (RESULTS, sent back as JSON), the arguments made
 # of that value (arguments) and test_* functions that take them by name. They run as items of the notebook, after
-# its cells, in its kernel's session: the labs and the fine-tuning are computed once per pass, by the notebook the
-# reader reads, and no test computes them again.
+# its cells, in its kernel's session: the labs are computed once per pass, by the notebook the reader reads, and no
+# test computes them again.
 CLAIMS = Path(__file__).resolve().parent / "tests" / "notebook_claims"
 
 
