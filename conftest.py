@@ -94,13 +94,15 @@ def pytest_collection_modifyitems(items):
 CLAIMS = Path(__file__).resolve().parent / "tests" / "notebook_claims"
 
 
-def add_notebook_claims(items):
-    import importlib.util
+def claims_modules():
+    """The modules of tests/notebook_claims (importable as notebook_claims.<name>: tests/ is on pytest's pythonpath)."""
+    import importlib
 
-    for path in sorted(CLAIMS.glob("*.py")):
-        spec = importlib.util.spec_from_file_location(f"notebook_claims.{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    return [importlib.import_module(f"notebook_claims.{path.stem}") for path in sorted(CLAIMS.glob("*.py"))]
+
+
+def add_notebook_claims(items):
+    for module in claims_modules():
         cells = [i for i, item in enumerate(items) if item.path.name == module.NOTEBOOK and hasattr(item, "cell")]
         if not cells:  # the notebook is not among the collected items
             continue

@@ -75,16 +75,15 @@ def test_each_notebook_claims_module_reads_what_its_notebook_computes_under_nbva
     """tests/notebook_claims/*.py assert on values the notebook's kernel holds after its last cell (conftest.py): the
     notebook must exist, and each name RESULTS reads must be assigned by a cell that nbval runs (not nbval-skip)."""
     import ast
-    import importlib.util
+    import importlib
 
     from support.notebook_import import ROOT
 
-    modules = sorted((ROOT / "tests" / "notebook_claims").glob("*.py"))
+    modules = [importlib.import_module(f"notebook_claims.{path.stem}")
+               for path in sorted((ROOT / "tests" / "notebook_claims").glob("*.py"))]
     assert modules
-    for path in modules:
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    for module in modules:
+        name = module.__name__
         cells = json.loads((ROOT / module.NOTEBOOK).read_text(encoding="utf-8"))["cells"]
         computed = {node.id for cell in cells if cell["cell_type"] == "code"
                     and "nbval-skip" not in cell.get("metadata", {}).get("tags", [])
@@ -93,5 +92,5 @@ def test_each_notebook_claims_module_reads_what_its_notebook_computes_under_nbva
         names = [node for node in ast.walk(ast.parse(module.RESULTS)) if isinstance(node, ast.Name)]
         bound = {n.id for n in names if isinstance(n.ctx, ast.Store)}  # a comprehension's own variables
         read = {n.id for n in names if isinstance(n.ctx, ast.Load)} - bound
-        assert read and read <= computed, f"{path.name} reads {sorted(read - computed)}: no cell nbval runs sets it"
-        assert any(name.startswith("test_") for name in vars(module)), f"{path.name} claims nothing"
+        assert read and read <= computed, f"{name} reads {sorted(read - computed)}: no cell nbval runs sets it"
+        assert any(name.startswith("test_") for name in vars(module)), f"{name} claims nothing"

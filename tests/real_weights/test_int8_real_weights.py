@@ -45,7 +45,6 @@ def test_int8_keeps_the_real_models_perplexity_in_bfloat16(nb3, offline_folder):
 
 
 def test_the_table_holds_most_of_the_bytes(real_model):
-    """(What the quantization lab's rows show is asserted on the notebook's own run: tests/notebook_claims.)"""
     model = real_model("nb3", torch.float32)
     matrix_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))  # tied once
     assert model.out_head.weight.numel() / matrix_weights > 0.5
