@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent  # the repository root, where the 
 NOTEBOOK_1 = ROOT / "standalone-gemma3.ipynb"
 NOTEBOOK_2 = ROOT / "standalone-gemma3-plus-kvcache.ipynb"
 NOTEBOOK_3 = ROOT / "standalone-gemma3-int8.ipynb"
+NOTEBOOK_4 = ROOT / "standalone-gemma3-finetune.ipynb"
 
 
 def import_notebook(path: Path, name: str | None = None) -> types.ModuleType:

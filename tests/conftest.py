@@ -1,6 +1,6 @@
 import pytest
 
-from support.notebook_import import NOTEBOOK_1, NOTEBOOK_2, NOTEBOOK_3, import_notebook
+from support.notebook_import import NOTEBOOK_1, NOTEBOOK_2, NOTEBOOK_3, NOTEBOOK_4, import_notebook
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +19,12 @@ def nb2():
 def nb3():
     """The definitions of standalone-gemma3-int8.ipynb."""
     return import_notebook(NOTEBOOK_3)
+
+
+@pytest.fixture(scope="session")
+def nb4():
+    """The definitions of standalone-gemma3-finetune.ipynb."""
+    return import_notebook(NOTEBOOK_4)
 
 
 @pytest.fixture(params=["nb1", "nb2"])

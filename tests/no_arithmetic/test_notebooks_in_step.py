@@ -7,7 +7,7 @@ A definition is a top-level function, class or constant of an `export` cell, com
 import ast
 import json
 
-from support.notebook_import import NOTEBOOK_1, NOTEBOOK_2, NOTEBOOK_3
+from support.notebook_import import NOTEBOOK_1, NOTEBOOK_2, NOTEBOOK_3, NOTEBOOK_4
 
 INTENDED_DIFFERENCES = {  # name: why notebook 2's differs from notebook 1's
     "GroupedQueryAttention": "its forward writes the cache and, decoding, attends over the cache's slots",
@@ -57,3 +57,19 @@ def test_the_int8_notebook_defines_the_cache_notebooks_model_the_same_way():
 def test_the_intended_differences_are_definitions_of_both():
     first, second = definitions(NOTEBOOK_1), definitions(NOTEBOOK_2)
     assert set(INTENDED_DIFFERENCES) <= set(first) & set(second)
+
+
+FINETUNE_DIFFERENCES = {}  # name: why the fine-tuning notebook's differs from notebook 1's (none so far)
+
+
+def test_the_finetuning_notebook_defines_notebook_1s_model_the_same_way():
+    """The fine-tuning notebook writes out notebook 1's model, loader, tokenizer, generation and perplexity again,
+    unchanged except the listed differences."""
+    first, fourth = definitions(NOTEBOOK_1), definitions(NOTEBOOK_4)
+    missing = sorted(name for name in ("GEMMA3_CONFIG_270M", "Gemma3Model", "TransformerBlock", "GroupedQueryAttention",
+                                       "load_weights_into_gemma", "hf_name_of", "Gemma3Tokenizer",
+                                       "generate_text_stream", "LAB_PASSAGE", "perplexity") if name not in fourth)
+    assert not missing, f"the fine-tuning notebook lacks {missing}"
+    differ = sorted(name for name in set(first) & set(fourth) if first[name] != fourth[name])
+    assert differ == sorted(FINETUNE_DIFFERENCES), (
+        "Definitions that differ between notebook 1 and the fine-tuning notebook: " + ", ".join(differ))

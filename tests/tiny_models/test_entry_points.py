@@ -329,7 +329,48 @@ WEIGHTS = [
         "a file, not a folder", errors=lambda: (weights_error(),)),
 ]
 
-TABLE = CONFIG + TOKEN_IDS + GENERATION + CACHE + TEXT + WEIGHTS
+def train(c, pairs=None, lr=1e-3):
+    """Two training steps of the tiny model on (prompt ids, answer ids) pairs: one good pair unless given."""
+    pairs = [([2, 5, 6], [7, 1])] if pairs is None else pairs
+    return c.nb.train(c.model, pairs, 2, lr, batch_size=1, log_every=100)
+
+
+def quantized_by_int8(c):
+    return c.fixture("nb3").quantize_int8_(c.model)
+
+
+def saved_twice(c):
+    folder = c.fixture("tmp_path") / "saved"
+    tokenizer = c.file(b"{}", "tokenizer.json")
+    c.nb.save_hf_folder(c.model, folder, tokenizer)
+    (folder / "marker").write_text("kept")
+    c.nb.save_hf_folder(c.model, folder, tokenizer)
+
+
+def folder_kept(c):
+    assert (c.fixture("tmp_path") / "saved" / "marker").read_text() == "kept"
+
+
+NB4 = ("nb4",)
+FINETUNING = [
+    Row("train", "an empty data set", lambda c: train(c, []), "empty", NB4, after=unchanged),
+    Row("train", "an example longer than the context", lambda c: train(c, [([2] * 95, [3, 1])]), "context length",
+        NB4, after=unchanged),
+    Row("train", "lr=0", lambda c: train(c, lr=0.0), "lr", NB4, after=unchanged),
+    Row("train", "lr=NaN", lambda c: train(c, lr=float("nan")), "lr", NB4, after=unchanged),
+    Row("train", "lr='1e-3'", lambda c: train(c, lr="1e-3"), "lr", NB4, after=unchanged),
+    Row("train", "no answer tokens", lambda c: train(c, [([2, 5, 6], [])]), "no answer", NB4, after=unchanged),
+    Row("make_examples", "split='test'", lambda c: c.nb.make_examples("test", 3, 0), "split", NB4),
+    Row("add_lora", "an int8 model (Linear layers replaced)", lambda c: c.nb.add_lora(quantized_by_int8(c)),
+        "nn.Linear", NB4),
+    Row("add_lora", "rank=0", lambda c: c.nb.add_lora(c.model, rank=0), "rank", NB4, after=unchanged),
+    Row("save_hf_folder", "an existing folder", saved_twice, "overwrite=True", NB4, errors=FileExistsError,
+        after=folder_kept),
+    Row("save_hf_folder", "LoRA not merged", lambda c: c.nb.save_hf_folder(
+        c.nb.add_lora(c.model), c.fixture("tmp_path") / "out", c.file(b"{}", "tokenizer.json")), "merge_lora", NB4),
+]
+
+TABLE = CONFIG + TOKEN_IDS + GENERATION + CACHE + TEXT + WEIGHTS + FINETUNING
 CASES = [pytest.param(nb, row, id=f"{nb}-{row.entry}-{row.bad}", marks=row.marks)
          for row in TABLE for nb in row.notebooks]
 
