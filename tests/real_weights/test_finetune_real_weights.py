@@ -1,9 +1,5 @@
 """The fine-tuning notebook on the real weights (offline source, float32): one batch's loss and gradients against
-transformers, and the notebook's claims, checked with its own functions and recipe: held-out exact match at most
-10% before fine-tuning (zero-shot and few-shot), at least 90% after.
-
-Run with `python -m pytest -n 0 -s tests/real_weights/test_finetune_real_weights.py` to see the measured figures.
-The claims test trains as the notebook does (its STEPS, BATCH_SIZE, learning rate, blocks): minutes on a CPU.
+transformers. (What the notebook's training achieves is asserted on its own run: tests/notebook_claims/finetune.py.)
 """
 
 import gc
@@ -16,9 +12,6 @@ from support.hf_reference import hf_model_from_folder
 from support.notebook_import import notebook_model
 
 pytestmark = pytest.mark.slow  # the real weights, and a training run: minutes
-
-BEFORE_AT_MOST, AFTER_AT_LEAST = 0.10, 0.90  # the issue's goal, as the notebook states it
-
 
 @pytest.fixture(scope="module")
 def data(nb4, offline_folder):
@@ -65,15 +58,3 @@ def test_one_batch_loss_and_gradients_equal_transformers(nb4, offline_folder, da
     assert loss_ulps <= 64 and grad_ulps <= 64
     del hf
     gc.collect()
-
-
-def test_the_notebooks_claims_exact_match_before_and_after(nb4, offline_folder, data):
-    model = notebook_model(nb4, torch.float32, offline_folder)
-    before = {name: sum(nb4.exact_matches(model, data[name])) / len(data[name]) for name in ("held_out", "few_shot")}
-    nb4.train_last_blocks(model, nb4.TRAINED_BLOCKS)
-    nb4.train(model, data["train"], nb4.STEPS, nb4.LR_FULL, nb4.BATCH_SIZE, nb4.WARMUP, log_every=10)
-    after = sum(nb4.exact_matches(model, data["held_out"])) / len(data["held_out"])
-    print(f"held-out exact match: zero-shot {before['held_out']:.0%}, few-shot {before['few_shot']:.0%} -> "
-          f"fine-tuned {after:.0%}")
-    assert before["held_out"] <= BEFORE_AT_MOST and before["few_shot"] <= BEFORE_AT_MOST
-    assert after >= AFTER_AT_LEAST

@@ -353,14 +353,15 @@ def folder_kept(c):
 
 NB4 = ("nb4",)
 FINETUNING = [
-    Row("train", "an empty data set", lambda c: train(c, []), "empty", NB4, after=unchanged),
-    Row("train", "an example longer than the context", lambda c: train(c, [([2] * 95, [3, 1])]), "context length",
-        NB4, after=unchanged),
-    Row("train", "lr=0", lambda c: train(c, lr=0.0), "lr", NB4, after=unchanged),
-    Row("train", "lr=NaN", lambda c: train(c, lr=float("nan")), "lr", NB4, after=unchanged),
-    Row("train", "lr='1e-3'", lambda c: train(c, lr="1e-3"), "lr", NB4, after=unchanged),
-    Row("train", "no answer tokens", lambda c: train(c, [([2, 5, 6], [])]), "no answer", NB4, after=unchanged),
-    Row("make_examples", "split='test'", lambda c: c.nb.make_examples("test", 3, 0), "split", NB4),
+    Row("train", "an empty data set", lambda c: train(c, []), "not 0 pairs", NB4, after=unchanged),
+    Row("train", "an example longer than the context", lambda c: train(c, [([2] * 95, [3, 1])]),
+        "the longest 97 tokens", NB4, after=unchanged),
+    Row("train", "lr=0", lambda c: train(c, lr=0.0), "lr=0.0", NB4, after=unchanged),
+    Row("train", "lr=NaN", lambda c: train(c, lr=float("nan")), "lr=nan", NB4, after=unchanged),
+    Row("train", "lr='1e-3'", lambda c: train(c, lr="1e-3"), "'<' not supported", NB4, errors=TypeError,
+        after=unchanged),  # Python's own TypeError, before anything changes
+    Row("train", "no answer tokens", lambda c: train(c, [([2, 5, 6], [])]), "1 with no answer", NB4, after=unchanged),
+    Row("make_examples", "split='test'", lambda c: c.nb.make_examples("test", 3, 0), "test", NB4, errors=KeyError),
     Row("add_lora", "an int8 model (Linear layers replaced)", lambda c: c.nb.add_lora(quantized_by_int8(c)),
         "nn.Linear", NB4),
     Row("add_lora", "rank=0", lambda c: c.nb.add_lora(c.model, rank=0), "rank", NB4, after=unchanged),

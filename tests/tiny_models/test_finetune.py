@@ -125,9 +125,8 @@ def test_a_nan_mid_run_stops_with_the_step_and_keeps_the_last_good_weights(nb4):
         raise KeyboardInterrupt
 
     model = run_until_third_forward(poison)
-    with pytest.raises(FloatingPointError, match="Step 3.*after step 2") as err:
+    with pytest.raises(FloatingPointError, match="Step 3.*after step 2"):
         nb4.train(model, pairs, 5, 1e-2, batch_size=4, log_every=100)
-    assert err.value.history["step"] == [1, 2]
     twin = run_until_third_forward(interrupt)
     with pytest.raises(KeyboardInterrupt):
         nb4.train(twin, pairs, 5, 1e-2, batch_size=4, log_every=100)
