@@ -45,7 +45,7 @@ def test_outputs_are_clean(stored_notebook):
 
 def test_generated_text_is_stored(stored_notebook):
     """Text the model wrote is stored: notebook 1's continuation of its prompt, or in the fine-tuning notebook the
-    answers its models write (the base model's few-shot answer, and a fine-tuned model's)."""
+    base model's few-shot answer to a held-out sentence."""
     outputs = ["".join(o.get("text", "")) for cell in code_cells(stored_notebook) for o in cell["outputs"]]
     if "Fine-tuning" in "".join(stored_notebook["cells"][0]["source"]):
         assert any('few-shot  {"person": "' in text for text in outputs)
